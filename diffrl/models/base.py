@@ -1,0 +1,153 @@
+"""The one model interface the rest of diffrl uses, whatever the family.
+
+A family module subclasses :class:`DiffusionLM`, names its parameters exactly as the published
+checkpoint does, and implements ``_hidden``. Everything a sampler, estimator or trainer needs to
+know about a family (mask id, stop ids, logit shift, attention kind, block size) is in
+:class:`ModelFacts`, read from the checkpoint's config and tokenizer files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from diffrl.models.layers import KVCache, RMSNorm
+from diffrl.models.masks import bidirectional_mask, block_causal_mask, positions_from_mask
+
+AttentionKind = Literal["bidirectional", "block_causal"]
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the rest of the package may know about a loaded model."""
+
+    family: str
+    vocab_size: int
+    mask_token_id: int
+    pad_token_id: int
+    eos_token_id: int
+    stop_token_ids: tuple[int, ...]
+    logit_shift: int
+    attention: AttentionKind
+    block_size: int | None
+
+    def __post_init__(self) -> None:
+        for name in ("mask_token_id", "pad_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            if not 0 <= value < self.vocab_size:
+                raise ValueError(f"model.{name}={value} is outside the vocabulary [0, {self.vocab_size}); fix the config or recipe")
+        if self.mask_token_id == self.pad_token_id:
+            raise ValueError(f"model.pad_token_id equals model.mask_token_id ({self.mask_token_id}); padding would read as masks")
+        if self.attention == "block_causal" and not self.block_size:
+            raise ValueError("a block-causal model needs model.block_size (set it in the model recipe)")
+
+
+class DiffusionLM(nn.Module):
+    """Base class of every family: masks, positions, logit alignment and checkpointing in one place."""
+
+    family: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]
+
+    def __init__(self, config: Any, facts: ModelFacts) -> None:
+        super().__init__()
+        self.config = config
+        self.facts = facts
+        self.gradient_checkpointing = False
+
+    # --- what each family provides -----------------------------------------------------------
+    def _hidden(self, input_ids: Tensor, mask: Tensor | None, positions: Tensor, cache: KVCache | None) -> Tensor:
+        """Final-normed hidden states [B, L, H], raw (not yet aligned for a logit shift)."""
+        raise NotImplementedError
+
+    @property
+    def lm_head(self) -> nn.Linear:
+        """The output projection (its name differs per family)."""
+        raise NotImplementedError
+
+    def blocks(self) -> nn.ModuleList:
+        """The transformer blocks, for per-block sharding and activation checkpointing."""
+        raise NotImplementedError
+
+    # --- the shared interface -----------------------------------------------------------------
+    def build_mask(self, key_mask: Tensor, q_len: int, q_index: Tensor | None = None) -> Tensor:
+        """The family's 4-D keep-mask from a 2-D key padding mask (1 = real token)."""
+        if self.facts.attention == "block_causal":
+            assert self.facts.block_size is not None
+            return block_causal_mask(key_mask, q_len, self.facts.block_size, q_index)
+        return bidirectional_mask(key_mask, q_len, q_index)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> Tensor:
+        """Hidden states [B, L, H] aligned so that ``hidden[:, i]`` predicts the token at ``i``.
+
+        ``attention_mask`` is None (no padding; block-causal families still get their block mask),
+        a 2-D key padding mask [B, Lk] whose last ``L`` columns are the queries, or a 4-D bool
+        keep-mask [B, 1, L, Lk] used as is. Dream-style logit shifts are undone here and nowhere
+        else; a caller that serves a slice of the sequence asks for ``facts.logit_shift`` extra
+        positions on the left.
+        """
+        b, length = input_ids.shape
+        mask4d: Tensor | None
+        if attention_mask is None:
+            key_mask = torch.ones(b, length, dtype=torch.bool, device=input_ids.device)
+            mask4d = self.build_mask(key_mask, length) if self.facts.attention == "block_causal" else None
+            default_pos = positions_from_mask(key_mask)
+        elif attention_mask.dim() == 2:
+            mask4d = self.build_mask(attention_mask, length)
+            default_pos = positions_from_mask(attention_mask)[:, -length:]
+        elif attention_mask.dim() == 4:
+            mask4d = attention_mask
+            default_pos = None
+        else:
+            raise ValueError(f"attention_mask must be 2-D [B, L] or 4-D [B, 1, Lq, Lk], got shape {tuple(attention_mask.shape)}")
+        if position_ids is None:
+            if default_pos is None:
+                raise ValueError("a 4-D attention_mask needs explicit position_ids")
+            position_ids = default_pos
+        hidden = self._hidden(input_ids, mask4d, position_ids, cache)
+        return self.align(hidden)
+
+    def align(self, hidden: Tensor) -> Tensor:
+        """Undo the family's logit shift: with shift 1, the prediction for i comes from output i-1."""
+        if self.facts.logit_shift == 0:
+            return hidden
+        return torch.cat((hidden[:, :1], hidden[:, :-1]), dim=1)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """Full-vocabulary logits for the given hidden states (callers pass only the rows they need)."""
+        return self.lm_head(hidden)
+
+    def run_block(self, block: nn.Module, *args: Any) -> Tensor:
+        """Call a block, through activation checkpointing when enabled and training."""
+        if self.gradient_checkpointing and self.training:
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+    def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None) -> None:
+        """Random initialisation for tiny test and demo checkpoints: norms to one, biases to zero,
+        linear and embedding weights normal(0, std)."""
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, RMSNorm):
+                    module.weight.fill_(1.0)
+                elif isinstance(module, (nn.Linear, nn.Embedding)):
+                    module.weight.normal_(0.0, std, generator=generator)
+                    if getattr(module, "bias", None) is not None:
+                        module.bias.zero_()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device

@@ -1,0 +1,65 @@
+"""Scaled-down random checkpoints of the published architectures, for tests and demos.
+
+``shrink_config`` keeps every structural feature and key of a published config.json (GQA,
+QK-norm, MoE groups, shared experts, dense first layers, head_dim != hidden/heads) and only makes
+the sizes small; ``write_tiny_checkpoint`` writes it with random weights in the published layout.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffrl.models.checkpoint import copy_tokenizer_files, random_model, save_pretrained
+
+# model_type -> the size fields to override (everything else stays as published).
+TINY_SIZES: dict[str, dict[str, Any]] = {
+    "llada": {"d_model": 64, "n_heads": 4, "n_kv_heads": 4, "n_layers": 2, "mlp_hidden_size": 128, "max_sequence_length": 1024},
+}
+_VOCAB_KEYS = ("vocab_size", "embedding_size")
+_ID_KEYS = ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id")
+
+
+def shrink_config(config: dict[str, Any], vocab_size: int | None = None, **extra: Any) -> dict[str, Any]:
+    """A tiny version of a published config. With ``vocab_size``, the vocabulary shrinks too and
+    special ids are remapped to the top of it (mask = V-1, eos/pad = V-2, bos = V-3)."""
+    model_type = config.get("model_type")
+    if model_type not in TINY_SIZES:
+        raise ValueError(f"no tiny sizes for model_type={model_type!r}; known: {', '.join(TINY_SIZES)}")
+    tiny = {**config, **TINY_SIZES[model_type], **extra}
+    if vocab_size is not None:
+        for key in _VOCAB_KEYS:
+            if key in tiny:
+                tiny[key] = vocab_size
+        remap = {"mask_token_id": vocab_size - 1, "eos_token_id": vocab_size - 2, "pad_token_id": vocab_size - 2, "bos_token_id": vocab_size - 3}
+        for key in _ID_KEYS:
+            if key in tiny and tiny[key] is not None:
+                tiny[key] = remap[key]
+    return tiny
+
+
+def write_tiny_checkpoint(
+    source: str | Path,
+    out: str | Path,
+    *,
+    vocab_size: int | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    std: float = 0.02,
+    max_shard_bytes: int = 5 * 1024**3,
+    **extra: Any,
+) -> Path:
+    """Write a random tiny checkpoint of ``source``'s architecture (a published model folder) to ``out``.
+
+    Tokenizer files are copied only when the vocabulary keeps its published size.
+    """
+    source, out = Path(source), Path(out)
+    config = shrink_config(json.loads((source / "config.json").read_text()), vocab_size, **extra)
+    model = random_model(config, seed=seed, dtype=dtype, std=std)
+    save_pretrained(model, out, max_shard_bytes=max_shard_bytes)
+    if vocab_size is None:
+        copy_tokenizer_files(source, out)
+    return out
