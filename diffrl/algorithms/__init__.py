@@ -1,0 +1,7 @@
+"""RL algorithms for diffusion LMs, each a likelihood estimator x advantage rule x loss."""
+
+from diffrl.algorithms import diffu_grpo  # noqa: F401  (registers)
+from diffrl.algorithms.batch import PolicyBatch
+from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, algorithm_entry, build_algorithm, register_algorithm
+
+__all__ = ["Algorithm", "AlgorithmConfig", "PolicyBatch", "algorithm_entry", "build_algorithm", "register_algorithm"]
