@@ -1,0 +1,20 @@
+"""Exact match with the ground truth, up to whitespace (synthetic tasks, string answers)."""
+
+from __future__ import annotations
+
+from diffrl.rewards.extract import extract_answer
+from diffrl.rewards.registry import PARSE_FAILURE, WRONG, Score, register_reward
+
+
+@register_reward("exact_match")
+def exact_match_reward(completions: list[str], rows: list[dict], *, extract: str | None = None) -> list[Score]:
+    """1 if the (optionally extracted) completion equals ``reward_model.ground_truth``."""
+    scores = []
+    for text, row in zip(completions, rows):
+        answer = extract_answer(text, extract) if extract else text
+        if answer is None:
+            scores.append(Score(0.0, PARSE_FAILURE))
+            continue
+        same = " ".join(answer.split()) == " ".join(str(row["reward_model"]["ground_truth"]).split())
+        scores.append(Score(1.0) if same else Score(0.0, WRONG))
+    return scores
