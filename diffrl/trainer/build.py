@@ -1,0 +1,84 @@
+"""Preparing a run's inputs: the task's rows and the model folder (fresh or published)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diffrl.data import load_rows
+from diffrl.data.synthetic import synthetic_task
+from diffrl.models import random_model, save_pretrained
+from diffrl.trainer.config import ModelConfig, TaskConfig
+from diffrl.trainer.distributed import World, barrier
+
+
+@dataclass
+class TaskData:
+    train_rows: list[dict[str, Any]]
+    val_rows: list[dict[str, Any]]
+    # A tokenizer the task brings (synthetic tasks); None means use the model folder's.
+    tokenizer: Any | None = None
+
+
+def prepare_task(cfg: TaskConfig, run_dir: Path, world: World) -> TaskData:
+    """Load the task's parquet rows, generating them first for synthetic tasks."""
+    train_files, val_files, tokenizer = list(cfg.train_files), list(cfg.val_files), None
+    if cfg.synthetic:
+        options = dict(cfg.synthetic)
+        task = synthetic_task(options.pop("name"), **options)
+        data_dir = run_dir / "data"
+        if world.is_main:
+            task.write(data_dir)
+        barrier()
+        train_files, val_files = [str(data_dir / "train.parquet")], [str(data_dir / "val.parquet")]
+        tokenizer = task.tokenizer()
+    train = load_rows(train_files)
+    val = load_rows(val_files) if val_files else []
+    return TaskData(train_rows=train, val_rows=val, tokenizer=tokenizer)
+
+
+def prepare_model_folder(cfg: ModelConfig, task: TaskData, run_dir: Path, world: World) -> Path:
+    """The checkpoint folder to load: ``model.path``, or a fresh random model written to
+    ``run_dir/init`` in the published layout (so it loads through the same path as a real one)."""
+    if cfg.path:
+        return Path(cfg.path)
+    if not cfg.init_config:
+        raise ValueError("set model.path to a checkpoint folder, or model.init_config to build a fresh model")
+    if task.tokenizer is None:
+        raise ValueError("a fresh model (model.path=null) needs a task that brings its tokenizer (task.synthetic)")
+    folder = run_dir / "init"
+    tok = task.tokenizer
+    config = dict(cfg.init_config)
+    for key in ("vocab_size", "embedding_size"):
+        if key in config:
+            config[key] = len(tok)
+    config.update(mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    if (folder / "config.json").exists():
+        existing = json.loads((folder / "config.json").read_text())
+        differs = [k for k in config if k not in ("torch_dtype", "dtype") and existing.get(k) != config[k]]
+        if differs:
+            raise ValueError(
+                f"{folder} holds a fresh model built from a different model.init_config ({', '.join(differs)}); "
+                "use a new trainer.output_dir (or delete that folder) to start over"
+            )
+    elif world.is_main:
+        save_pretrained(random_model(config, seed=cfg.init_seed), folder)
+        tok.save_pretrained(folder)
+    barrier()
+    return folder
+
+
+def load_tokenizer(folder: Path) -> Any:
+    """The model folder's tokenizer and chat template, without remote code."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    # AutoTokenizer peeks at config.json and warns that it does not know our model types.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    finally:
+        hf_logging.set_verbosity(verbosity)

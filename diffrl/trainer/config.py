@@ -1,0 +1,157 @@
+"""The typed schema of a run; every recipe composes into it and unknown keys are rejected."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from diffrl.algorithms.registry import AlgorithmConfig, algorithm_entry
+from diffrl.models.config import FactOverrides
+from diffrl.rewards.registry import RewardSpec
+from diffrl.rollout.config import RolloutConfig
+
+
+@dataclass
+class ModelConfig:
+    # Published-layout checkpoint folder (config.json + safetensors); null builds a fresh model.
+    path: str | None = None
+    # config.json fields of a fresh random model (needs model_type); vocab size and special ids
+    # are filled in from the task's tokenizer.
+    init_config: dict[str, Any] | None = None
+    # Parameter dtype: auto (the checkpoint's), float32, bfloat16.
+    dtype: str = "auto"
+    # Corrections to the checkpoint's token facts (null = read from config/tokenizer files).
+    mask_token_id: int | None = None
+    pad_token_id: int | None = None
+    eos_token_id: int | None = None
+    # Extra stop tokens (text or id), e.g. the chat template's end-of-turn token.
+    stop_tokens: list[Any] = field(default_factory=list)
+    # Block size of block-causal families (null = from config.json).
+    block_size: int | None = None
+    # Recompute each block's activations in backward to save memory.
+    gradient_checkpointing: bool = False
+    # Seed of a fresh model's random weights.
+    init_seed: int = 0
+
+    def overrides(self) -> FactOverrides:
+        return FactOverrides(
+            mask_token_id=self.mask_token_id,
+            pad_token_id=self.pad_token_id,
+            eos_token_id=self.eos_token_id,
+            stop_tokens=list(self.stop_tokens),
+            block_size=self.block_size,
+        )
+
+
+@dataclass
+class TaskConfig:
+    # Name used in metric keys and run names.
+    name: str = "task"
+    # verl-format parquet files to train on.
+    train_files: list[str] = field(default_factory=list)
+    # Held-out parquet files.
+    val_files: list[str] = field(default_factory=list)
+    # Generate the data instead: {name: sort_digits, ...its options}.
+    synthetic: dict[str, Any] | None = None
+    # Leading system message (null = none).
+    system_prompt: str | None = None
+    # Text prepended to the last user message (d1's format instructions).
+    prompt_prefix: str = ""
+    # Prompts longer than this keep their last tokens.
+    max_prompt_length: int = 256
+    # Rewards and their weights: [{name, weight, kwargs}].
+    rewards: list[RewardSpec] = field(default_factory=list)
+    # Dotted field holding a reference response, for supervised warm starts.
+    sft_response_field: str = "extra_info.answer"
+
+
+@dataclass
+class OptimConfig:
+    # AdamW learning rate.
+    lr: float = 1e-6
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    eps: float = 1e-8
+    # Gradient clipping by global norm (0 = off).
+    max_grad_norm: float = 1.0
+    # Linear warmup steps.
+    warmup_steps: int = 0
+    # constant, cosine or linear decay after warmup.
+    lr_schedule: str = "constant"
+    # Final learning rate as a fraction of lr for cosine/linear.
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class WarmStartConfig:
+    # Supervised masked-diffusion steps on task.sft_response_field before RL (0 = none).
+    steps: int = 0
+    lr: float = 1e-4
+    # Examples per warm-start step.
+    batch_size: int = 64
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = True
+    project: str = "diffrl"
+    # Run name (null = the output folder's name).
+    name: str | None = None
+    # auto (online when WANDB_API_KEY is set, else offline), online, offline or disabled.
+    mode: str = "auto"
+
+
+@dataclass
+class TrainerConfig:
+    # Run folder: checkpoints, metrics.jsonl, W&B files, plots, final model.
+    output_dir: str = "runs/default"
+    # RL steps (one rollout batch each).
+    total_steps: int = 100
+    # Prompts per step over all ranks; each gets algorithm.num_generations samples.
+    batch_size: int = 8
+    # Samples per forward/backward pass.
+    micro_batch_size: int = 16
+    # Samples per generate call (null = all of a rank's samples at once).
+    rollout_batch_size: int | None = None
+    seed: int = 0
+    # auto (cuda if available), cpu, cuda.
+    device: str = "auto"
+    # Checkpoint every N steps (0 = only at the end).
+    save_every: int = 0
+    # auto (latest complete checkpoint in output_dir), never, or a checkpoint path.
+    resume: str = "auto"
+    # Print a progress bar with reward, step time and ETA.
+    progress_bar: bool = True
+    # Write a PNG of the reward curve into the run folder at the end.
+    plot: bool = True
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    algorithm: Any = field(default_factory=dict)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def to_config(cfg: DictConfig | dict[str, Any]) -> Config:
+    """Validate a composed recipe against the schema and return typed objects.
+
+    ``algorithm`` is checked against the config class registered for ``algorithm.name``, so its
+    own knobs are typed too.
+    """
+    container = OmegaConf.to_container(OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg, resolve=True)
+    raw = {k: container[k] for k in ("model", "task", "algorithm", "rollout", "optim", "trainer") if k in container}  # type: ignore[index]
+    algo_raw = raw.get("algorithm") or {}
+    algo_cls, _ = algorithm_entry(algo_raw.get("name", AlgorithmConfig.name))
+    algorithm = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(algo_cls), algo_raw))
+    rest = OmegaConf.merge(OmegaConf.structured(Config), {k: v for k, v in raw.items() if k != "algorithm"})
+    config: Config = OmegaConf.to_object(rest)  # type: ignore[assignment]
+    config.algorithm = algorithm
+    return config

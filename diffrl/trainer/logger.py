@@ -1,0 +1,95 @@
+"""Where metrics go: metrics.jsonl in the run folder, Weights & Biases, and the console."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from diffrl.trainer.config import WandbConfig
+
+
+class MetricLogger:
+    """Rank 0 writes ``metrics.jsonl`` (one JSON object per step), logs to W&B (offline when no
+    API key is set) and drives a progress bar with reward, step time and ETA."""
+
+    def __init__(self, run_dir: Path, wandb_cfg: WandbConfig, config: dict[str, Any], total_steps: int, *, start_step: int = 0, rank: int = 0, progress_bar: bool = True) -> None:
+        self.enabled = rank == 0
+        self.run = None
+        self.bar = None
+        if not self.enabled:
+            return
+        self.path = run_dir / "metrics.jsonl"
+        if start_step == 0:
+            self.path.unlink(missing_ok=True)
+        else:
+            self._truncate_after(start_step)
+        if wandb_cfg.enabled and wandb_cfg.mode != "disabled":
+            import wandb
+
+            mode = wandb_cfg.mode if wandb_cfg.mode != "auto" else ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+            self.run = wandb.init(
+                project=wandb_cfg.project,
+                name=wandb_cfg.name or run_dir.name,
+                dir=str(run_dir),
+                config=config,
+                mode=mode,
+                resume="allow",
+                id=_run_id(run_dir),
+            )
+        if progress_bar:
+            self.bar = tqdm(total=total_steps, initial=start_step, desc="rl", unit="step", dynamic_ncols=True)
+
+    def _truncate_after(self, step: int) -> None:
+        # A resumed run rewrites the steps after its checkpoint; drop what the killed run logged.
+        if self.path.exists():
+            lines = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+            self.path.write_text("".join(ln + "\n" for ln in lines))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.run is not None:
+            self.run.log(metrics, step=step)
+        if self.bar is not None:
+            self.bar.set_postfix(
+                reward=f"{metrics.get('critic/score/mean', float('nan')):.3f}",
+                step_s=f"{metrics.get('timing_s/step', float('nan')):.2f}",
+                refresh=False,
+            )
+            self.bar.update(1)
+
+    def write(self, text: str) -> None:
+        """Print a line without breaking the progress bar."""
+        if self.enabled:
+            (self.bar.write if self.bar is not None else print)(text)
+
+    def close(self, summary: dict[str, Any] | None = None) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.close()
+        if self.run is not None:
+            if summary:
+                self.run.summary.update(summary)
+            self.run.finish()
+
+
+def _run_id(run_dir: Path) -> str:
+    """A stable W&B id per run folder, so a resumed run continues the same W&B run."""
+    id_file = run_dir / "wandb_run_id"
+    if not id_file.exists():
+        id_file.write_text(uuid.uuid4().hex[:12])
+    return id_file.read_text().strip()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every step's metrics from a run folder's metrics.jsonl."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
