@@ -20,7 +20,12 @@ from diffrl.rng import STREAM_GUMBEL, counter_uniform
 
 @dataclass
 class DecodeResult:
-    """Per-row outputs of :func:`decode_step`, each of shape [N]."""
+    """Per-row outputs of :func:`decode_step`, each of shape [N].
+
+    ``prob``, ``margin`` (top-1 minus top-2 probability) and ``entropy`` describe the distribution
+    chosen by ``stats`` (the raw model's, or the tempered and filtered sampling distribution's);
+    ``logprob`` is always the chosen token's log-probability under the sampling distribution.
+    """
 
     token: Tensor
     prob: Tensor
@@ -58,13 +63,18 @@ def decode_step(
     top_k: int | None = None,
     top_p: float | None = None,
     suppress_ids: tuple[int, ...] = (),
+    stats: str = "model",
     chunk_rows: int | None = None,
 ) -> DecodeResult:
     """Choose and score a token for each row of ``hidden`` [N, H] under LM head ``weight`` [V, H].
 
     ``noise_keys`` [N] int64 identify each row's random draw (see :mod:`diffrl.rng`); required
     when ``temperature > 0``. ``suppress_ids`` (e.g. the mask token) can never be chosen.
+    ``stats="model"`` scores confidence on the untempered model distribution (LLaDA's rule);
+    ``stats="sampling"`` on the tempered, top-k/top-p filtered one (Dream's rule).
     """
+    if stats not in ("model", "sampling"):
+        raise ValueError(f"decode stats={stats!r} must be 'model' or 'sampling'")
     n, vocab = hidden.shape[0], weight.shape[0]
     if temperature > 0 and noise_keys is None:
         raise ValueError("decode_step with temperature > 0 needs noise_keys")
@@ -78,14 +88,17 @@ def decode_step(
         if suppress.numel():
             logits.index_fill_(-1, suppress, float("-inf"))
         logp = torch.log_softmax(logits, dim=-1)
+        reshaped = temperature not in (0.0, 1.0) or top_k is not None or top_p is not None
+        scaled = logits / temperature if temperature > 0 else logits
+        z = torch.log_softmax(filter_logits(scaled, top_k, top_p), dim=-1) if reshaped else logp
         if temperature > 0:
-            z = torch.log_softmax(filter_logits(logits / temperature, top_k, top_p), dim=-1)
             u = gumbel_uniforms(noise_keys[s : s + chunk], vocab)
             tok = torch.argmax(z.double() - torch.log(-torch.log(u)), dim=-1)
-            sample_logp = z.gather(-1, tok[:, None]).squeeze(-1)
         else:
             tok = torch.argmax(logits, dim=-1)
-            sample_logp = logp.gather(-1, tok[:, None]).squeeze(-1)
+        sample_logp = z.gather(-1, tok[:, None]).squeeze(-1)
+        if stats == "sampling":
+            logp = z
         probs = logp.exp()
         top2 = torch.topk(probs, min(2, vocab), dim=-1).values
         token[s : s + chunk] = tok

@@ -12,7 +12,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +212,9 @@ def warm_start(run: Run) -> dict[str, float]:
     """Supervised masked-diffusion steps on the task's reference responses before RL."""
     cfg, model, tok = run.cfg, run.model, run.tokenizer
     ws = cfg.trainer.warm_start
-    optimizer, _ = build_optimizer(model, cfg.optim, ws.steps, lr=ws.lr)
+    # Warmup then cosine decay: a constant high rate leaves tiny models at uneven quality.
+    schedule = replace(cfg.optim, lr=ws.lr, warmup_steps=max(1, ws.steps // 20), lr_schedule="cosine", min_lr_ratio=0.1)
+    optimizer, scheduler = build_optimizer(model, schedule, ws.steps)
     loader = PromptLoader(run.task.train_rows, ws.batch_size, seed=cfg.trainer.seed + 1, rank=run.world.rank, world_size=run.world.world_size)
     field = cfg.task.sft_response_field.split(".")
     length = cfg.rollout.max_completion_length
@@ -243,6 +245,7 @@ def warm_start(run: Run) -> dict[str, float]:
         sync_gradients(model)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm or float("inf"))
         optimizer.step()
+        scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
     return {"warm_start/loss_first": losses[0], "warm_start/loss_last": sum(losses[-10:]) / len(losses[-10:])}
