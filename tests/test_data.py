@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from diffrl.data import DataError, PromptEncoder, PromptLoader, load_rows
-from diffrl.data.synthetic import SortDigits
+from diffrl.data.synthetic import DigitTask
 
 
 def good_row(i: int) -> dict:
@@ -66,7 +66,7 @@ def test_loader_resumes_exactly_and_splits_ranks() -> None:
 
 
 def test_prompt_encoder_left_pads_and_truncates(tmp_path: Path) -> None:
-    task = SortDigits(num_train=8, num_val=8)
+    task = DigitTask(num_train=8, num_val=8)
     tok = task.tokenizer()
     rows = load_rows(task.write(tmp_path)["train"])
     enc = PromptEncoder(tok, pad_token_id=tok.pad_token_id, max_prompt_length=16)

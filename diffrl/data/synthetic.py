@@ -1,10 +1,13 @@
 """Small synthetic tasks that need no download: a word-level tokenizer and verl-format rows.
 
-The CPU demo trains on ``sort_digits``: the prompt ``sort 3 1 4 1 5`` asks for ``1 1 3 4 5``.
-Each row also carries a *teacher* answer (``extra_info.answer``) that is right only
-``teacher_accuracy`` of the time and otherwise a shuffled wrong answer: a short supervised warm
-start on it gives a policy that knows the format but sorts only sometimes, which is the starting
-point RL then improves (exact-match reward).
+``sort_digits`` asks ``sort 3 1 4 1 5`` -> ``1 1 3 4 5``; ``reverse_digits`` asks
+``reverse 3 1 4 1 5`` -> ``5 1 4 1 3`` (the CPU demo's task: a two-block model can learn it fully).
+Each row also carries a noisy *teacher* answer (``extra_info.answer``): with
+``teacher_error="token_noise"`` each digit is right with probability ``teacher_accuracy`` and
+otherwise a random digit; with ``"shuffle"`` the whole answer is right with that probability and
+otherwise a shuffled wrong permutation. A short supervised warm start on it gives a policy that
+knows the format but rarely gets every digit right when sampling, which is the starting point RL
+then improves (exact-match reward).
 """
 
 from __future__ import annotations
@@ -35,28 +38,40 @@ def word_tokenizer(words: list[str]) -> Any:
 
 
 @dataclass
-class SortDigits:
-    """Sort ``num_digits`` random digits ascending."""
+class DigitTask:
+    """Map ``num_digits`` random digits to an answer (``op``: sort ascending, or reverse)."""
 
+    op: str = "sort"
     num_digits: int = 5
     num_train: int = 4096
     num_val: int = 256
     teacher_accuracy: float = 0.2
+    teacher_error: str = "token_noise"
+    # Draw distinct digits (sorting then needs comparisons but no counting of repeats).
+    distinct: bool = False
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.op not in _OPS:
+            raise ValueError(f"digit task op={self.op!r} is not one of {', '.join(_OPS)}")
+        if self.teacher_error not in ("token_noise", "shuffle"):
+            raise ValueError(f"teacher_error={self.teacher_error!r} is not 'token_noise' or 'shuffle'")
+
     def tokenizer(self) -> Any:
-        return word_tokenizer(["sort", "=", *map(str, range(10))])
+        return word_tokenizer([*_OPS, "=", *map(str, range(10))])
 
     def _row(self, rng: random.Random, index: int, split: str) -> dict[str, Any]:
-        digits = [rng.randrange(10) for _ in range(self.num_digits)]
-        answer = sorted(digits)
+        digits = rng.sample(range(10), self.num_digits) if self.distinct else [rng.randrange(10) for _ in range(self.num_digits)]
+        answer = _OPS[self.op](digits)
         teacher = list(answer)
-        if rng.random() >= self.teacher_accuracy:
+        if self.teacher_error == "token_noise":
+            teacher = [d if rng.random() < self.teacher_accuracy else rng.randrange(10) for d in answer]
+        elif rng.random() >= self.teacher_accuracy:
             while teacher == answer and len(set(digits)) > 1:
                 rng.shuffle(teacher)
         return {
-            "data_source": "sort_digits",
-            "prompt": [{"role": "user", "content": "sort " + " ".join(map(str, digits))}],
+            "data_source": f"{self.op}_digits",
+            "prompt": [{"role": "user", "content": f"{self.op} " + " ".join(map(str, digits))}],
             "reward_model": {"style": "rule", "ground_truth": " ".join(map(str, answer))},
             "extra_info": {"split": split, "index": index, "answer": " ".join(map(str, teacher))},
         }
@@ -76,10 +91,11 @@ class SortDigits:
         return paths
 
 
-SYNTHETIC_TASKS = {"sort_digits": SortDigits}
+_OPS = {"sort": sorted, "reverse": lambda digits: digits[::-1], "increment": lambda digits: [(d + 1) % 10 for d in digits]}
+SYNTHETIC_TASKS = {"sort_digits": "sort", "reverse_digits": "reverse", "increment_digits": "increment"}
 
 
-def synthetic_task(name: str, **kwargs: Any) -> SortDigits:
+def synthetic_task(name: str, **kwargs: Any) -> DigitTask:
     if name not in SYNTHETIC_TASKS:
         raise ValueError(f"task.synthetic.name={name!r} is not one of {', '.join(SYNTHETIC_TASKS)}")
-    return SYNTHETIC_TASKS[name](**kwargs)
+    return DigitTask(op=SYNTHETIC_TASKS[name], **kwargs)
