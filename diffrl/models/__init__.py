@@ -1,7 +1,7 @@
 """Model families loaded from their published checkpoints, behind one interface."""
 
 from diffrl.models.base import DiffusionLM, ModelFacts
-from diffrl.models.checkpoint import build_model, load_pretrained, random_model, save_pretrained
+from diffrl.models.checkpoint import build_model, load_pretrained, random_model, read_facts, save_pretrained
 from diffrl.models.config import CheckpointError, FactOverrides
 
 __all__ = [
@@ -12,5 +12,6 @@ __all__ = [
     "build_model",
     "load_pretrained",
     "random_model",
+    "read_facts",
     "save_pretrained",
 ]

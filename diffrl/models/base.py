@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from diffrl.models.layers import KVCache, RMSNorm
 from diffrl.models.masks import bidirectional_mask, block_causal_mask, positions_from_mask
+from diffrl.models.moe import SparseMoE
 
 AttentionKind = Literal["bidirectional", "block_causal"]
 
@@ -51,6 +52,10 @@ class DiffusionLM(nn.Module):
 
     family: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]
+    # peft ``target_modules`` regex (full match on module names) for LoRA on this family.
+    lora_target_modules: ClassVar[str]
+    # transformers tokenizer class to use when tokenizer_config.json names a remote-code class.
+    tokenizer_class: ClassVar[str | None] = None
 
     def __init__(self, config: Any, facts: ModelFacts) -> None:
         super().__init__()
@@ -133,16 +138,45 @@ class DiffusionLM(nn.Module):
         return block(*args)
 
     def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None) -> None:
-        """Random initialisation for tiny test and demo checkpoints: norms to one, biases to zero,
-        linear and embedding weights normal(0, std)."""
+        """Random initialisation for tiny test and demo checkpoints: norms to one, matrices (linear,
+        embedding and router weights) normal(0, std), biases and buffers (expert biases) to zero."""
         with torch.no_grad():
             for module in self.modules():
                 if isinstance(module, RMSNorm):
                     module.weight.fill_(1.0)
-                elif isinstance(module, (nn.Linear, nn.Embedding)):
-                    module.weight.normal_(0.0, std, generator=generator)
-                    if getattr(module, "bias", None) is not None:
-                        module.bias.zero_()
+                    continue
+                for param in module.parameters(recurse=False):
+                    if param.dim() >= 2:
+                        param.normal_(0.0, std, generator=generator)
+                    else:
+                        param.zero_()
+                for buffer in module.buffers(recurse=False):
+                    buffer.zero_()
+
+    def router_stats(self) -> dict[str, float]:
+        """Expert-load metrics of the last forward, averaged over MoE layers ({} for dense models).
+
+        ``moe/aux_loss``: Switch balance loss (1 = balanced); ``moe/max_load``: the busiest
+        expert's share of routed tokens times the number of experts (1 = balanced);
+        ``moe/unused_experts``: fraction of experts no token chose.
+        """
+        load = self.expert_load()
+        if load is None:
+            return {}
+        aux = torch.stack([m.last_stats.aux_loss for m in self._moe_layers()])
+        return {
+            "moe/aux_loss": aux.mean().item(),
+            "moe/max_load": (load.amax(1) * load.shape[1]).mean().item(),
+            "moe/unused_experts": (load == 0).float().mean().item(),
+        }
+
+    def expert_load(self) -> Tensor | None:
+        """Per-layer expert load [MoE layers, experts] of the last forward (None for dense models)."""
+        layers = self._moe_layers()
+        return torch.stack([m.last_stats.load for m in layers]) if layers else None
+
+    def _moe_layers(self) -> list[SparseMoE]:
+        return [m for m in self.modules() if isinstance(m, SparseMoE) and m.last_stats is not None]
 
     @property
     def dtype(self) -> torch.dtype:

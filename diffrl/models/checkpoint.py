@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from diffrl.models.base import DiffusionLM
+from diffrl.models.base import DiffusionLM, ModelFacts
 from diffrl.models.config import CheckpointError, FactOverrides, FolderFiles
 from diffrl.models.registry import family_class
 
@@ -55,6 +55,19 @@ def resolve_dtype(dtype: str | torch.dtype | None, config: dict[str, Any]) -> to
     return _DTYPES[dtype]
 
 
+def _folder_files(folder_or_config: str | Path | dict[str, Any]) -> FolderFiles:
+    if isinstance(folder_or_config, dict):
+        return FolderFiles(folder_or_config, {}, {}, {})
+    return FolderFiles.read(folder_or_config)
+
+
+def read_facts(folder_or_config: str | Path | dict[str, Any], *, overrides: FactOverrides | None = None) -> ModelFacts:
+    """The family facts of a checkpoint folder (or config dict) without building the module."""
+    files = _folder_files(folder_or_config)
+    cls = family_class(files.config)
+    return cls.read_facts(cls.read_config(files.config), files, overrides or FactOverrides())
+
+
 def build_model(
     folder_or_config: str | Path | dict[str, Any],
     *,
@@ -62,11 +75,7 @@ def build_model(
     files: FolderFiles | None = None,
 ) -> DiffusionLM:
     """Build the family's module on the meta device (allocates no memory)."""
-    if files is None:
-        if isinstance(folder_or_config, dict):
-            files = FolderFiles(folder_or_config, {}, {}, {})
-        else:
-            files = FolderFiles.read(folder_or_config)
+    files = files or _folder_files(folder_or_config)
     cls = family_class(files.config)
     config = cls.read_config(files.config)
     facts = cls.read_facts(config, files, overrides or FactOverrides())

@@ -147,6 +147,12 @@ def build_facts(
     ]:
         if tid not in stops:
             stops.append(tid)
+    block = overrides.block_size or block_size
+    if attention == "block_causal" and not block:
+        raise CheckpointError(
+            f"config.json has no block_size and the recipe sets none: set model.block_size to the block length "
+            f"this {family} checkpoint was trained with"
+        )
     return ModelFacts(
         family=family,
         vocab_size=vocab_size,
@@ -156,5 +162,5 @@ def build_facts(
         stop_token_ids=tuple(stops),
         logit_shift=logit_shift,
         attention=attention,  # type: ignore[arg-type]
-        block_size=overrides.block_size or block_size,
+        block_size=block,
     )

@@ -92,10 +92,25 @@ def attend(
     return out.transpose(1, 2).reshape(b, lq, h * d)
 
 
-def split_heads(x: Tensor, n_heads: int, head_dim: int) -> Tensor:
-    """[B, L, H * D] -> [B, H, L, D]."""
-    b, l, _ = x.shape
-    return x.view(b, l, n_heads, head_dim).transpose(1, 2)
+def rotary_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    *,
+    mask: Tensor | None,
+    layer_idx: int,
+    cache: KVCache | None,
+) -> Tensor:
+    """RoPE on per-head q [B, L, Hq, D] and k [B, L, Hkv, D], then :func:`attend` with v.
+
+    Every family's attention goes through here, so every family hands its post-RoPE K/V to the
+    same cache protocol. Returns [B, L, Hq * D].
+    """
+    q = apply_rope(q.transpose(1, 2), cos, sin)
+    k = apply_rope(k.transpose(1, 2), cos, sin)
+    return attend(q, k, v.transpose(1, 2), mask=mask, layer_idx=layer_idx, cache=cache)
 
 
 class SwiGLU(nn.Module):

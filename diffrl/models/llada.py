@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from diffrl.models.base import DiffusionLM, ModelFacts
 from diffrl.models.config import CheckpointError, FactOverrides, FolderFiles, build_facts, check_supported, require
-from diffrl.models.layers import KVCache, RMSNorm, apply_rope, attend, rope_cos_sin, split_heads
+from diffrl.models.layers import KVCache, RMSNorm, rope_cos_sin, rotary_attention
 
 _SUPPORTED = {
     "block_type": ("llama",),
@@ -75,7 +75,7 @@ class LLaDABlock(nn.Module):
     def __init__(self, cfg: LLaDAConfig, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
-        self.n_heads, self.n_kv, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.head_dim = cfg.head_dim
         d, kv = cfg.d_model, cfg.n_kv_heads * cfg.head_dim
         self.attn_norm = RMSNorm(d, cfg.rms_norm_eps)
         self.q_proj = nn.Linear(d, d, bias=False)
@@ -89,10 +89,9 @@ class LLaDABlock(nn.Module):
 
     def forward(self, h: Tensor, mask: Tensor | None, cos: Tensor, sin: Tensor, cache: KVCache | None) -> Tensor:
         x = self.attn_norm(h)
-        q = apply_rope(split_heads(self.q_proj(x), self.n_heads, self.head_dim), cos, sin)
-        k = apply_rope(split_heads(self.k_proj(x), self.n_kv, self.head_dim), cos, sin)
-        v = split_heads(self.v_proj(x), self.n_kv, self.head_dim)
-        h = h + self.attn_out(attend(q, k, v, mask=mask, layer_idx=self.layer_idx, cache=cache))
+        d = self.head_dim
+        q, k, v = self.q_proj(x).unflatten(-1, (-1, d)), self.k_proj(x).unflatten(-1, (-1, d)), self.v_proj(x).unflatten(-1, (-1, d))
+        h = h + self.attn_out(rotary_attention(q, k, v, cos, sin, mask=mask, layer_idx=self.layer_idx, cache=cache))
         x = self.ff_norm(h)
         return h + self.ff_out(F.silu(self.ff_proj(x)) * self.up_proj(x))
 
@@ -100,6 +99,9 @@ class LLaDABlock(nn.Module):
 class LLaDAModelLM(DiffusionLM):
     family = "llada"
     model_types = ("llada",)
+    # Block projections only: ``blocks.N.ff_out`` is the MLP down projection, while the LM head
+    # ``transformer.ff_out`` shares the suffix and must stay out.
+    lora_target_modules = r"model\.transformer\.blocks\.\d+\.(q_proj|k_proj|v_proj|attn_out|ff_proj|up_proj|ff_out)"
 
     def __init__(self, config: LLaDAConfig, facts: ModelFacts) -> None:
         super().__init__(config, facts)

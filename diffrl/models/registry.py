@@ -10,6 +10,10 @@ from diffrl.models.config import CheckpointError
 # model_type (as published in config.json) -> "module:Class"
 FAMILIES: dict[str, str] = {
     "llada": "diffrl.models.llada:LLaDAModelLM",
+    "Dream": "diffrl.models.dream:DreamModel",
+    "sdar": "diffrl.models.sdar:SDARForCausalLM",
+    "sdar_moe": "diffrl.models.sdar:SDARMoeForCausalLM",
+    "llada2_moe": "diffrl.models.llada2_moe:LLaDA2MoeModelLM",
 }
 
 

@@ -14,10 +14,32 @@ from typing import Any
 import torch
 
 from diffrl.models.checkpoint import copy_tokenizer_files, random_model, save_pretrained
+from diffrl.models.config import FactOverrides
 
 # model_type -> the size fields to override (everything else stays as published).
+_QWEN_TINY = {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128, "num_hidden_layers": 2}
 TINY_SIZES: dict[str, dict[str, Any]] = {
     "llada": {"d_model": 64, "n_heads": 4, "n_kv_heads": 4, "n_layers": 2, "mlp_hidden_size": 128, "max_sequence_length": 1024},
+    # GQA; head_dim implied (64 / 4), as in the published config.
+    "Dream": {**_QWEN_TINY, "max_window_layers": 2},
+    # GQA, QK-norm, and head_dim 32 != 64 / 4 like SDAR-4B / 30B.
+    "sdar": {**_QWEN_TINY, "head_dim": 32, "max_window_layers": 2},
+    "sdar_moe": {**_QWEN_TINY, "head_dim": 32, "max_window_layers": 2, "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32},
+    # 16 experts in 4 groups of 4 (top-2 group sums need >= 2), 2 groups kept, top-4, a shared
+    # expert, a dense first layer, and RoPE on half of each 32-wide head.
+    "llada2_moe": {
+        **_QWEN_TINY,
+        "num_hidden_layers": 3,
+        "head_dim": 32,
+        "rotary_dim": 16,
+        "first_k_dense_replace": 1,
+        "num_experts": 16,
+        "n_group": 4,
+        "topk_group": 2,
+        "num_experts_per_tok": 4,
+        "num_shared_experts": 1,
+        "moe_intermediate_size": 16,
+    },
 }
 _VOCAB_KEYS = ("vocab_size", "embedding_size")
 _ID_KEYS = ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id")
@@ -50,15 +72,18 @@ def write_tiny_checkpoint(
     dtype: torch.dtype = torch.float32,
     std: float = 0.02,
     max_shard_bytes: int = 5 * 1024**3,
+    overrides: FactOverrides | None = None,
     **extra: Any,
 ) -> Path:
     """Write a random tiny checkpoint of ``source``'s architecture (a published model folder) to ``out``.
 
-    Tokenizer files are copied only when the vocabulary keeps its published size.
+    Tokenizer files are copied only when the vocabulary keeps its published size. ``overrides``
+    supplies the facts a config lacks (LLaDA2's mask id, SDAR-MoE's block size) to build the
+    module; they are not written, so loading the folder needs them again, as the original does.
     """
     source, out = Path(source), Path(out)
     config = shrink_config(json.loads((source / "config.json").read_text()), vocab_size, **extra)
-    model = random_model(config, seed=seed, dtype=dtype, std=std)
+    model = random_model(config, seed=seed, dtype=dtype, std=std, overrides=overrides)
     save_pretrained(model, out, max_shard_bytes=max_shard_bytes)
     if vocab_size is None:
         copy_tokenizer_files(source, out)

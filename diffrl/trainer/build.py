@@ -10,6 +10,7 @@ from typing import Any
 from diffrl.data import load_rows
 from diffrl.data.synthetic import synthetic_task
 from diffrl.models import random_model, save_pretrained
+from diffrl.models.tokenizer import load_tokenizer  # noqa: F401  (re-exported for the loop)
 from diffrl.trainer.config import ModelConfig, TaskConfig
 from diffrl.trainer.distributed import World, barrier
 
@@ -69,16 +70,3 @@ def prepare_model_folder(cfg: ModelConfig, task: TaskData, run_dir: Path, world:
     barrier()
     return folder
 
-
-def load_tokenizer(folder: Path) -> Any:
-    """The model folder's tokenizer and chat template, without remote code."""
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    # AutoTokenizer peeks at config.json and warns that it does not know our model types.
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-    finally:
-        hf_logging.set_verbosity(verbosity)
