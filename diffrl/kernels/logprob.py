@@ -2,13 +2,16 @@
 
 ``log_softmax(h @ W.T)[target]`` is computed a block of rows at a time and the backward pass
 recomputes each block's logits, so neither the forward nor the saved activations ever hold
-[rows, vocab] for more than one chunk. This is the exact PyTorch fallback of the fused kernel.
+[rows, vocab] for more than one chunk. This is the exact PyTorch fallback of the fused kernel in
+:mod:`diffrl.kernels.logprob_triton`; :func:`selected_logprobs` picks one of the two.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from diffrl.kernels.dispatch import use_triton
 
 DEFAULT_CHUNK_BYTES = 256 * 1024**2
 
@@ -87,12 +90,18 @@ def selected_logprobs(
 ) -> tuple[Tensor, Tensor]:
     """Per-row ``log softmax(h W^T / T)[target]`` and entropy [N] (fp32, or fp64 for fp64 inputs).
 
-    ``hidden`` is [N, H] (only the rows that need a score), ``weight`` the LM head [V, H].
+    ``hidden`` is [N, H] (only the rows that need a score), ``weight`` the LM head [V, H]. Runs
+    the fused Triton kernel where :func:`diffrl.kernels.dispatch.use_triton` says so, the chunked
+    PyTorch fallback otherwise; ``chunk_rows`` sizes the fallback's chunks.
     """
     if hidden.dim() != 2 or targets.shape != hidden.shape[:1]:
         raise ValueError(f"hidden must be [N, H] with targets [N]; got {tuple(hidden.shape)} and {tuple(targets.shape)}")
     if hidden.shape[0] == 0:
         empty = hidden.new_zeros(0, dtype=torch.float32) + 0 * weight.sum()
         return empty, empty
+    if use_triton(hidden, weight):
+        from diffrl.kernels.logprob_triton import selected_logprobs_triton
+
+        return selected_logprobs_triton(hidden, weight, targets, temperature=temperature)
     chunk = chunk_rows or rows_per_chunk(weight.shape[0])
     return _SelectedLogProb.apply(hidden, weight, targets.long(), float(temperature), int(chunk))
