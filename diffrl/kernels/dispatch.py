@@ -14,7 +14,6 @@ module says which, beside the call to :func:`use_triton`.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -63,8 +62,12 @@ def use_backend(name: str) -> Iterator[None]:
 
 @functools.cache
 def triton_available() -> bool:
-    """Whether triton is installed (checked once, without importing it)."""
-    return importlib.util.find_spec("triton") is not None
+    """Whether triton imports (checked once, on the first call that could use it)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def use_triton(*tensors: Tensor) -> bool:
