@@ -116,7 +116,8 @@ def decode_step_torch(
     acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32 at least; fp64 stays fp64
     out = {k: hidden.new_empty(n, dtype=acc) for k in ("prob", "logprob", "margin", "entropy")}
     token = torch.empty(n, dtype=torch.long, device=hidden.device)
-    chunk = chunk_rows or rows_per_chunk(vocab)
+    # sampling adds int64 hashes and fp64 noise per logit, about 8x the fp32 logits' bytes
+    chunk = chunk_rows or max(1, rows_per_chunk(vocab) // (8 if temperature > 0 else 1))
     suppress = torch.tensor(suppress_ids, dtype=torch.long, device=hidden.device)
     for s in range(0, n, chunk):
         logits = (hidden[s : s + chunk] @ weight.T).to(acc)

@@ -28,6 +28,8 @@ from diffrl.kernels.lmhead_triton import (
     logits_tile,
     merge_softmax_partials,
     online_softmax_update,
+    program_rows,
+    program_tiles,
     vocab_grid,
 )
 from diffrl.rng import _C1, _C2, _GOLDEN, STREAM_GUMBEL, counter_hash, counter_uniform
@@ -117,9 +119,7 @@ def _decode_kernel(
     BLOCK_H: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    pid_s = tl.program_id(1)
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < n_rows
+    rows, row_ok = program_rows(n_rows, BLOCK_N)
     lanes = tl.arange(0, BLOCK_V)
     neg_inf = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     zeros = tl.zeros((BLOCK_N,), tl.float32)
@@ -135,12 +135,9 @@ def _decode_kernel(
     if N_CAND > 0:
         cand_v = tl.full((BLOCK_N, N_CAND), float("-inf"), tl.float32)
         cand_i = tl.full((BLOCK_N, N_CAND), 2147483647, tl.int32)
-    first = pid_s * tiles_per_split
-    last = tl.minimum(first + tiles_per_split, tl.cdiv(vocab, BLOCK_V))
+    first, last = program_tiles(vocab, tiles_per_split, BLOCK_V)
     for tile in range(first, last):
-        cols = tile * BLOCK_V + lanes
-        col_ok = cols < vocab
-        z = logits_tile(h_ptr, w_ptr, rows, row_ok, cols, col_ok, n_hidden, stride_h, stride_w, BLOCK_N, BLOCK_V, BLOCK_H, PRECISION)
+        z, cols, col_ok = logits_tile(h_ptr, w_ptr, rows, row_ok, tile, vocab, n_hidden, stride_h, stride_w, BLOCK_N, BLOCK_V, BLOCK_H, PRECISION)
         excluded = tl.load(suppress_ptr + cols, mask=col_ok, other=1) != 0
         z = tl.where(excluded[None, :], float("-inf"), z)
         zs = z / temperature
@@ -165,7 +162,7 @@ def _decode_kernel(
         if N_CAND > 0:
             cand_v, cand_i = insert_candidates(cand_v, cand_i, z, cols)
     plane = tl.num_programs(1) * n_rows
-    at = pid_s * n_rows + rows
+    at = tl.program_id(1) * n_rows + rows
     tl.store(f32_ptr + at, m, mask=row_ok)
     tl.store(f32_ptr + plane + at, s, mask=row_ok)
     tl.store(f32_ptr + 2 * plane + at, t, mask=row_ok)

@@ -81,13 +81,27 @@ def mma(a, b, acc, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def program_rows(n_rows, BLOCK_N: tl.constexpr):
+    """This program's rows (axis 0 of the grid) and which of them exist."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return rows, rows < n_rows
+
+
+@triton.jit
+def program_tiles(vocab, tiles_per_split, BLOCK_V: tl.constexpr):
+    """The range of vocabulary tiles of this program's split (axis 1 of the grid)."""
+    first = tl.program_id(1) * tiles_per_split
+    return first, tl.minimum(first + tiles_per_split, tl.cdiv(vocab, BLOCK_V))
+
+
+@triton.jit
 def logits_tile(
     h_ptr,
     w_ptr,
     rows,
     row_ok,
-    cols,
-    col_ok,
+    tile,
+    vocab,
     n_hidden,
     stride_h,
     stride_w,
@@ -96,7 +110,10 @@ def logits_tile(
     BLOCK_H: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """fp32 logits [BLOCK_N, BLOCK_V] of ``rows`` against vocabulary entries ``cols``."""
+    """fp32 logits [BLOCK_N, BLOCK_V] of ``rows`` against vocabulary tile ``tile`` (``-inf`` past
+    the vocabulary), with the tile's vocabulary indices and which of them exist."""
+    cols = tile * BLOCK_V + tl.arange(0, BLOCK_V)
+    col_ok = cols < vocab
     acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
     for k0 in range(0, n_hidden, BLOCK_H):
         ks = k0 + tl.arange(0, BLOCK_H)
@@ -104,7 +121,7 @@ def logits_tile(
         h = tl.load(h_ptr + rows[:, None].to(tl.int64) * stride_h + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(w_ptr + cols[:, None].to(tl.int64) * stride_w + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
         acc = mma(h, tl.trans(w), acc, PRECISION)
-    return acc
+    return tl.where(col_ok[None, :], acc, float("-inf")), cols, col_ok
 
 
 @triton.jit

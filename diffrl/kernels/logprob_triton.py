@@ -25,6 +25,8 @@ from diffrl.kernels.lmhead_triton import (
     mma,
     merge_softmax_partials,
     online_softmax_update,
+    program_rows,
+    program_tiles,
     vocab_grid,
 )
 
@@ -47,25 +49,20 @@ def _logprob_fwd_kernel(
     BLOCK_H: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    pid_s = tl.program_id(1)
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < n_rows
+    rows, row_ok = program_rows(n_rows, BLOCK_N)
     tgt = tl.load(tgt_ptr + rows, mask=row_ok, other=-1)
     m = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     s = tl.zeros((BLOCK_N,), tl.float32)
     t = tl.zeros((BLOCK_N,), tl.float32)
     z_tgt = tl.zeros((BLOCK_N,), tl.float32)
-    first = pid_s * tiles_per_split
-    last = tl.minimum(first + tiles_per_split, tl.cdiv(vocab, BLOCK_V))
+    first, last = program_tiles(vocab, tiles_per_split, BLOCK_V)
     for tile in range(first, last):
-        cols = tile * BLOCK_V + tl.arange(0, BLOCK_V)
-        col_ok = cols < vocab
-        z = logits_tile(h_ptr, w_ptr, rows, row_ok, cols, col_ok, n_hidden, stride_h, stride_w, BLOCK_N, BLOCK_V, BLOCK_H, PRECISION)
-        z = tl.where(col_ok[None, :], z / temperature, float("-inf"))
+        z, cols, _ = logits_tile(h_ptr, w_ptr, rows, row_ok, tile, vocab, n_hidden, stride_h, stride_w, BLOCK_N, BLOCK_V, BLOCK_H, PRECISION)
+        z = z / temperature
         m, s, t = online_softmax_update(m, s, t, z)
         z_tgt += tl.sum(tl.where(cols[None, :] == tgt[:, None], z, 0.0), axis=1)
     plane = tl.num_programs(1) * n_rows
-    out = part_ptr + pid_s * n_rows + rows
+    out = part_ptr + tl.program_id(1) * n_rows + rows
     tl.store(out, m, mask=row_ok)
     tl.store(out + plane, s, mask=row_ok)
     tl.store(out + 2 * plane, t, mask=row_ok)
@@ -99,18 +96,13 @@ def _logprob_bwd_kernel(
     BLOCK_H: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    pid_s = tl.program_id(1)
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < n_rows
+    rows, row_ok = program_rows(n_rows, BLOCK_N)
     tgt = tl.load(tgt_ptr + rows, mask=row_ok, other=-1)
     lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
-    first = pid_s * tiles_per_split
-    last = tl.minimum(first + tiles_per_split, tl.cdiv(vocab, BLOCK_V))
+    first, last = program_tiles(vocab, tiles_per_split, BLOCK_V)
     for tile in range(first, last):
-        cols = tile * BLOCK_V + tl.arange(0, BLOCK_V)
-        col_ok = cols < vocab
+        z, cols, col_ok = logits_tile(h_ptr, w_ptr, rows, row_ok, tile, vocab, n_hidden, stride_h, stride_w, BLOCK_N, BLOCK_V, BLOCK_H, PRECISION)
         ok = row_ok[:, None] & col_ok[None, :]
-        z = logits_tile(h_ptr, w_ptr, rows, row_ok, cols, col_ok, n_hidden, stride_h, stride_w, BLOCK_N, BLOCK_V, BLOCK_H, PRECISION)
         z = z / temperature
         p = tl.where(ok, tl.exp(z - lse[:, None]), 0.0)
         # d logp / dz = onehot - p ;  d entropy / dz = -p * (z - E_p[z])
