@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+
 @dataclass(frozen=True)
 class VocabGrid:
     """Tile sizes and the (row blocks, vocabulary splits) grid of one fused vocabulary kernel."""
