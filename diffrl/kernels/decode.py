@@ -4,7 +4,8 @@ For the rows that are still masked, compute in one pass over the vocabulary, chu
 the chosen token (Gumbel-max at ``temperature`` after top-k/top-p, or argmax at 0), its
 probability under the untempered model, its log-probability under the sampling distribution, the
 top-1 minus top-2 probability margin and the entropy. Nothing of size [rows, vocab] outlives a
-chunk. This is the exact PyTorch fallback of the fused decode-step kernel.
+chunk. :func:`decode_step_torch` is the exact PyTorch fallback of the fused kernel in
+:mod:`diffrl.kernels.decode_triton`; :func:`decode_step` picks one of the two.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from diffrl.kernels.dispatch import use_triton
 from diffrl.kernels.logprob import rows_per_chunk
 from diffrl.rng import STREAM_GUMBEL, counter_uniform
 
@@ -54,6 +56,11 @@ def gumbel_uniforms(noise_keys: Tensor, vocab: int) -> Tensor:
     return counter_uniform(STREAM_GUMBEL, noise_keys[:, None], v[None, :])
 
 
+# The fused kernel keeps top_k + 1 candidates per row, rounded up to a power of two, in one
+# vocabulary tile; a wider top-k takes the fallback.
+FUSED_MAX_TOP_K = 127
+
+
 def decode_step(
     hidden: Tensor,
     weight: Tensor,
@@ -72,16 +79,45 @@ def decode_step(
     when ``temperature > 0``. ``suppress_ids`` (e.g. the mask token) can never be chosen.
     ``stats="model"`` scores confidence on the untempered model distribution (LLaDA's rule);
     ``stats="sampling"`` on the tempered, top-k/top-p filtered one (Dream's rule).
+
+    Runs the fused Triton kernel where :func:`diffrl.kernels.dispatch.use_triton` says so and
+    ``top_k`` is at most :data:`FUSED_MAX_TOP_K`, the chunked PyTorch fallback otherwise
+    (``chunk_rows`` sizes its chunks).
     """
     if stats not in ("model", "sampling"):
         raise ValueError(f"decode stats={stats!r} must be 'model' or 'sampling'")
-    n, vocab = hidden.shape[0], weight.shape[0]
     if temperature > 0 and noise_keys is None:
         raise ValueError("decode_step with temperature > 0 needs noise_keys")
+    vocab = weight.shape[0]
+    if any(not 0 <= i < vocab for i in suppress_ids):
+        raise ValueError(f"suppress_ids={suppress_ids} must be token ids in [0, {vocab})")
+    args = dict(temperature=temperature, noise_keys=noise_keys, top_k=top_k, top_p=top_p, suppress_ids=suppress_ids, stats=stats)
+    if hidden.shape[0] and (top_k is None or top_k <= FUSED_MAX_TOP_K) and use_triton(hidden, weight):
+        from diffrl.kernels.decode_triton import decode_step_triton
+
+        return decode_step_triton(hidden, weight, **args)
+    return decode_step_torch(hidden, weight, **args, chunk_rows=chunk_rows)
+
+
+def decode_step_torch(
+    hidden: Tensor,
+    weight: Tensor,
+    *,
+    temperature: float,
+    noise_keys: Tensor | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    suppress_ids: tuple[int, ...] = (),
+    stats: str = "model",
+    chunk_rows: int | None = None,
+) -> DecodeResult:
+    """The exact PyTorch fallback of :func:`decode_step` (same arguments and results), chunked over rows."""
+    n, vocab = hidden.shape[0], weight.shape[0]
     acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32 at least; fp64 stays fp64
     out = {k: hidden.new_empty(n, dtype=acc) for k in ("prob", "logprob", "margin", "entropy")}
     token = torch.empty(n, dtype=torch.long, device=hidden.device)
-    chunk = chunk_rows or rows_per_chunk(vocab)
+    # sampling adds int64 hashes and fp64 noise per logit, about 8x the fp32 logits' bytes
+    chunk = chunk_rows or max(1, rows_per_chunk(vocab) // (8 if temperature > 0 else 1))
     suppress = torch.tensor(suppress_ids, dtype=torch.long, device=hidden.device)
     for s in range(0, n, chunk):
         logits = (hidden[s : s + chunk] @ weight.T).to(acc)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffrl import kernels
+
 
 class RMSNorm(nn.Module):
     """RMSNorm in the Llama order: normalise in fp32, cast back, then scale by the weight."""
@@ -22,10 +24,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        dtype = x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+        return kernels.rms_norm(x, self.weight, self.eps)
 
     def reset_parameters(self) -> None:
         nn.init.ones_(self.weight)
@@ -50,13 +49,9 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
     Channels past the rotary dimension pass through (LLaDA2's partial rotary); the rotation itself
     runs in fp32 as LLaDA's ``rope_full_precision`` prescribes, which is harmless for the others.
+    The fused kernel reads and writes ``split_heads``' view of the projection without a copy.
     """
-    rotary_dim = cos.shape[-1]
-    rot, rest = x[..., :rotary_dim].float(), x[..., rotary_dim:]
-    half = rotary_dim // 2
-    rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
-    out = (rot * cos + rotated * sin).to(x.dtype)
-    return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
+    return kernels.apply_rope(x, cos, sin)
 
 
 class KVCache(Protocol):
