@@ -20,6 +20,7 @@ from diffrl.rewards.registry import PARSE_FAILURE, TIMEOUT, WRONG, Score, regist
 
 _PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _LATEX_MARKS = re.compile(r"[\\^_{}]")
+_WORD = re.compile(r"[A-Za-z]{2,}")
 
 
 def _gold_latex(text: str) -> str:
@@ -33,13 +34,13 @@ def _gold_latex(text: str) -> str:
 
 
 def _prediction_forms(text: str) -> list[str]:
-    """What to hand math-verify for an extracted answer, in order: LaTeX-looking answers wrapped
-    as inline math; plain text as it is (math-verify finds "72" in "72 clips", where the LaTeX
-    reading would be the product 72*c*l*i*p*s), then wrapped as a last resort."""
+    """What to hand math-verify for an extracted answer, in order. Math (LaTeX marks, or no word
+    of two letters or more: "6 - 5i", "y = 2x + 3") is read as inline LaTeX first; prose ("72
+    clips", whose LaTeX reading is the product 72*c*l*i*p*s) as plain text first, where
+    math-verify finds the number."""
     text = text.strip()
-    if _LATEX_MARKS.search(text) or _PLAIN_NUMBER.fullmatch(text.replace(",", "").replace("$", "").strip()):
-        return [_gold_latex(text)]
-    return [text, f"${text}$"]
+    latex, plain = _gold_latex(text), text
+    return [plain, latex] if _WORD.search(text) and not _LATEX_MARKS.search(text) else [latex, plain]
 
 
 def _timeout(seconds: int) -> int | None:

@@ -61,7 +61,7 @@ _REWARDS: dict[str, RewardEntry] = {}
 
 def register_reward(name: str, *, required: Sequence[str] = (), check_row: RowCheck | None = None, pooled: bool = False) -> Callable[[RewardFn], RewardFn]:
     """Register ``fn`` under ``name``. The runner calls it once with no samples when it starts, to
-    check its options. ``pooled`` rewards must be module-level functions: the pool's worker
+    check its options: raise TypeError or ValueError there for options it cannot use. ``pooled`` rewards must be module-level functions: the pool's worker
     processes import them by module and look them up by name."""
 
     def wrap(fn: RewardFn) -> RewardFn:
@@ -231,10 +231,12 @@ class RewardRunner:
 
 
 def _check_kwargs(spec: RewardSpec, fn: RewardFn) -> None:
-    """Call the reward once with no samples, so unknown or invalid options fail at start-up
-    (with the recipe entry named) instead of zeroing every sample of the run."""
+    """Call the reward once with no samples, so unknown (TypeError) or invalid (ValueError)
+    options fail at start-up with the recipe entry named, instead of zeroing every sample."""
     try:
         inspect.signature(fn).bind([], [], **spec.kwargs)
         fn([], [], **spec.kwargs)
     except (TypeError, ValueError) as err:
         raise ValueError(f"task.rewards: {spec.name!r} with kwargs {spec.kwargs}: {err}") from None
+    except Exception:
+        pass  # anything else is for the samples to find, one by one

@@ -43,6 +43,7 @@ SETUP_FAILED = 121  # sandbox_boot's exit code when it could not set itself up
 UID_BASE = 2_000_000_000
 _STDERR_KEPT = 4096
 _REPORT_MAX = 1 << 20
+_POLL_S = 0.1
 
 
 class SandboxError(RuntimeError):
@@ -101,18 +102,35 @@ def _scrubbed_env(workdir: str) -> dict[str, str]:
     }
 
 
-def _kill_uid(uid: int) -> None:
-    """SIGKILL every process whose real uid is this run's (children that left the process group)."""
+def processes_of_uid(uid: int) -> list[int]:
+    """Live (not zombie) processes whose real uid is ``uid``."""
+    found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/status", encoding="ascii", errors="replace") as f:
-                line = next(line for line in f if line.startswith("Uid:"))
-            if int(line.split()[1]) == uid:
-                os.kill(int(entry.name), signal.SIGKILL)
-        except (OSError, StopIteration, ValueError):
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            if int(fields["Uid"].split()[0]) == uid and not fields["State"].strip().startswith("Z"):
+                found.append(int(entry.name))
+        except (OSError, KeyError, ValueError):
             continue
+    return found
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every process of this run's uid (children that left the process group), sweeping
+    again until none is left: one may have forked between the scan and the kill."""
+    for _ in range(100):
+        pids = processes_of_uid(uid)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)
 
 
 def _remove_tree(path: str) -> None:
@@ -146,7 +164,11 @@ def _collect(proc: subprocess.Popen, report_fd: int, limits: SandboxLimits) -> _
             if remaining <= 0:
                 got.timed_out = True
                 return got
-            for key, _ in sel.select(remaining):
+            events = sel.select(min(remaining, _POLL_S))
+            if not events and _exited(proc):
+                # Forked children may hold the pipes open; the sample itself is done.
+                return got
+            for key, _ in events:
                 chunk = os.read(key.fd, 1 << 16)
                 if not chunk:
                     sel.unregister(key.fileobj)
@@ -162,17 +184,24 @@ def _collect(proc: subprocess.Popen, report_fd: int, limits: SandboxLimits) -> _
     return got
 
 
-def _classify(got: _Streams, returncode: int, limits: SandboxLimits, layers: tuple[str, ...]) -> SandboxResult:
+def _exited(proc: subprocess.Popen) -> bool:
+    """Whether the process has exited, without reaping it (its pid stays its group's id)."""
+    return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
+def _classify(got: _Streams, returncode: int, limits: SandboxLimits) -> SandboxResult:
     def fail(reason: str, detail: str) -> SandboxResult:
         return SandboxResult(0, 0, reason, detail, layers)
+
+    lines = got.report.split(b"\n")
+    layers = tuple(json.loads(lines[0])) if len(lines) > 1 else ()
+    report = json.loads(lines[1]) if len(lines) > 2 else None
 
     if got.over_output:
         return fail(SANDBOX_VIOLATION, f"printed more than {limits.output_bytes} bytes")
     if got.timed_out:
         return fail(TIMEOUT, f"still running after {limits.wall_seconds} s wall time")
-    if got.report:
-        report = json.loads(got.report)
-        layers = tuple(report["layers"])
+    if report is not None:
         if report["violations"]:
             return SandboxResult(0, report["total"], SANDBOX_VIOLATION, "; ".join(report["violations"]), layers)
         if report["memory_error"]:
@@ -230,7 +259,7 @@ def run_tests(plan: dict[str, Any], limits: SandboxLimits = SandboxLimits(), *, 
             got = _collect(proc, report_r, limits)
         finally:
             _kill_group(proc, privileged)
-        return _classify(got, proc.returncode, limits, ())
+        return _classify(got, proc.returncode, limits)
     finally:
         for fd in (report_r, report_w):
             if fd >= 0:

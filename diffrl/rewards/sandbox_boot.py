@@ -6,7 +6,8 @@ fresh temporary directory with a scrubbed environment, so it uses the standard l
 drop need root, the limits must be set before untrusted code runs, and the audit hook goes last
 so the harness's own setup is not refused.
 
-The report (tests passed, tests run, refused operations) goes to a pipe the parent reads; the
+The layers that hold, then the report (tests passed, tests run, refused operations), go to a pipe
+the parent reads, one JSON line each; the
 sample's stdout and stderr go to pipes the parent reads at most a capped number of bytes from.
 Audit hooks are a tripwire, not a security boundary (C code can bypass them): the kernel layers
 (network namespace, per-run uid, rlimits) are what hold where the machine allows them.
@@ -287,9 +288,9 @@ def main():
     except Exception:
         traceback.print_exc()
         os._exit(SETUP_FAILED)
-    report = run_tests(plan, guard)
-    report["layers"] = layers
-    _write(cfg["result_fd"], _dumps(report).encode())
+    # Two lines: the layers that hold (sent now, so a run that never reports still names them), then the report.
+    _write(cfg["result_fd"], _dumps(layers).encode() + b"\n")
+    _write(cfg["result_fd"], _dumps(run_tests(plan, guard)).encode() + b"\n")
     # Skip interpreter shutdown: the sample's atexit handlers and finalizers do not run.
     os._exit(0)
 
