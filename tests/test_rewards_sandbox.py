@@ -256,3 +256,9 @@ def test_a_sandbox_dies_with_the_pool_worker_that_started_it(shared: Path) -> No
         while sandbox_boots() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert sandbox_boots() == []
+
+
+def test_a_file_over_the_size_limit() -> None:
+    big = "def escape():\n    with open('big.bin', 'wb') as f:\n        f.write(b'x' * (32 * 1024 * 1024))\n    return 1\n"
+    result = run_tests(plan(big), SandboxLimits(file_size_mb=16, memory_mb=1024))
+    assert result.reason == "sandbox_violation" and "file over 16 MB" in result.detail

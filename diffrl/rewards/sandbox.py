@@ -204,16 +204,16 @@ def _classify(got: _Streams, returncode: int, limits: SandboxLimits) -> SandboxR
     if report is not None:
         if report["violations"]:
             return SandboxResult(0, report["total"], SANDBOX_VIOLATION, "; ".join(report["violations"]), layers)
-        if report["memory_error"]:
+        if report["limit"] == "memory":
             return SandboxResult(0, report["total"], SANDBOX_VIOLATION, f"ran out of its {limits.memory_mb} MB of memory", layers)
+        if report["limit"] == "file_size":
+            return SandboxResult(0, report["total"], SANDBOX_VIOLATION, f"wrote a file over {limits.file_size_mb} MB", layers)
         detail = "; ".join(report["errors"][:3])
         return SandboxResult(report["passed"], report["total"], "" if report["passed"] else WRONG, detail, layers)
     if returncode == SETUP_FAILED:
         raise SandboxError(f"the sandbox could not set itself up:\n{got.stderr.decode(errors='replace')}")
     if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
         return fail(TIMEOUT, f"used its {limits.cpu_seconds} s of CPU time")
-    if returncode == -signal.SIGXFSZ:
-        return fail(SANDBOX_VIOLATION, f"wrote a file over {limits.file_size_mb} MB")
     how = f"signal {signal.Signals(-returncode).name}" if returncode < 0 else f"exit code {returncode}"
     return fail(WRONG, f"exited ({how}) before the tests reported: {got.stderr.decode(errors='replace')[-500:]}")
 

@@ -15,6 +15,7 @@ Audit hooks are a tripwire, not a security boundary (C code can bypass them): th
 
 import builtins
 import ctypes
+import errno
 import json
 import os
 import resource
@@ -186,16 +187,20 @@ class Guard:
 
 
 class Outcome:
-    """What the tests did: counts, the first errors (for debugging), and whether memory ran out."""
+    """What the tests did: counts, the first errors (for debugging), and which limit was hit
+    (Python ignores SIGXFSZ, so an oversized file shows up as an EFBIG error, not a signal)."""
 
     def __init__(self):
         self.passed = 0
         self.total = 0
         self.errors = []
-        self.memory_error = False
+        self.limit = None
 
     def record(self, err):
-        self.memory_error = self.memory_error or isinstance(err, MemoryError)
+        if isinstance(err, MemoryError):
+            self.limit = "memory"
+        elif isinstance(err, OSError) and err.errno == errno.EFBIG:
+            self.limit = "file_size"
         if len(self.errors) < MAX_RECORDED_VIOLATIONS:
             self.errors.append("".join(traceback.format_exception_only(type(err), err)).strip()[-500:])
 
@@ -258,7 +263,7 @@ def run_tests(plan, guard):
     return {
         "passed": out.passed,
         "total": out.total,
-        "memory_error": out.memory_error,
+        "limit": out.limit,
         "errors": out.errors,
         "violations": guard.violations if guard else [],
         "refused": guard.count if guard else 0,
