@@ -242,9 +242,11 @@ def sandbox_boots() -> list[int]:
     return found
 
 
-def test_a_sandbox_dies_with_the_pool_worker_that_started_it(shared: Path) -> None:
+def test_a_sample_past_the_pools_deadline_leaves_no_process_or_directory(shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from diffrl.data import load_rows
     from diffrl.rewards import RewardRunner, RewardSpec
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the worker's sandboxes make their directories
 
     row = load_rows(str(shared / "data" / "rl" / "test" / "mbpp.parquet"))[6]
     sleeper = "import time\ndef square_perimeter(a):\n    time.sleep(120)\n"
@@ -256,6 +258,7 @@ def test_a_sandbox_dies_with_the_pool_worker_that_started_it(shared: Path) -> No
         while sandbox_boots() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert sandbox_boots() == []
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_file_over_the_size_limit() -> None:

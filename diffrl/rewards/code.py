@@ -19,7 +19,7 @@ import textwrap
 from functools import lru_cache
 from typing import Any
 
-from diffrl.rewards.extract import python_blocks
+from diffrl.rewards.extract import parse_python, python_blocks
 from diffrl.rewards.registry import PARSE_FAILURE, WRONG, Score, register_reward
 from diffrl.rewards.sandbox import SandboxLimits, SandboxResult, run_tests
 
@@ -36,11 +36,8 @@ def _tidy(code: str) -> str:
 
 
 def _defines(code: str, name: str) -> bool:
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError):
-        return False
-    return any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name for n in tree.body)
+    tree = parse_python(code)
+    return tree is not None and any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name for n in tree.body)
 
 
 def extract_code(text: str, entry_point: str | None = None) -> str:
@@ -68,11 +65,8 @@ def prompt_code(row: dict[str, Any]) -> str:
     lines = users[-1].split("\n")
     for start in range(len(lines)):
         code = "\n".join(lines[start:])
-        try:
-            ast.parse(code)
-        except SyntaxError:
-            continue
-        return code
+        if parse_python(code) is not None:
+            return code
     raise ValueError("field 'prompt' holds no Python code that parses; HumanEval rows need the function signature and docstring in the last user message")
 
 
@@ -169,11 +163,7 @@ def plan_for(completion: str, row: dict[str, Any]) -> dict[str, Any] | None:
         solution = assemble_humaneval(prompt, code, name) if code.strip() else ""
         param, setup, steps = _check_steps(row["reward_model"]["ground_truth"])
         plan = {"candidate": name, "bind_as": param, "setup": setup, "steps": steps}
-    if not solution.strip():
-        return None
-    try:
-        ast.parse(solution)
-    except (SyntaxError, ValueError):
+    if not solution.strip() or parse_python(solution) is None:
         return None
     return {"solution": solution, **plan}
 

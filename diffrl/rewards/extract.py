@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 
 EXTRACT_MODES = ("auto", "boxed", "tag", "number")
@@ -45,6 +46,14 @@ def last_number(text: str) -> str | None:
 def python_blocks(text: str) -> list[str]:
     """The bodies of the fenced blocks tagged python (or untagged), in order."""
     return [body for tag, body in _FENCE.findall(text) if tag.lower() in _PYTHON_TAGS]
+
+
+def parse_python(code: str) -> ast.Module | None:
+    """The syntax tree of ``code``, or None if it is not valid Python."""
+    try:
+        return ast.parse(code)
+    except (SyntaxError, ValueError):
+        return None
 
 
 def extract_answer(text: str, mode: str = "auto") -> str | None:

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import ast
 import re
 
-from diffrl.rewards.extract import python_blocks
+from diffrl.rewards.extract import parse_python, python_blocks
 from diffrl.rewards.registry import PARSE_FAILURE, Score, register_reward
-
-
-def _parses(code: str) -> bool:
-    try:
-        ast.parse(code)
-    except (SyntaxError, ValueError):
-        return False
-    return True
 
 
 def _pattern(tags: list[str], strict: bool) -> re.Pattern[str]:
@@ -41,5 +32,5 @@ def code_format_reward(completions: list[str], rows: list[dict]) -> list[Score]:
     scores = []
     for text in completions:
         blocks = python_blocks(text)
-        scores.append(Score(1.0) if blocks and _parses(blocks[-1]) else Score(0.0, PARSE_FAILURE))
+        scores.append(Score(1.0) if blocks and parse_python(blocks[-1]) is not None else Score(0.0, PARSE_FAILURE))
     return scores

@@ -2,7 +2,7 @@
 
 Each worker is a plain ``python -c`` subprocess speaking length-prefixed pickles over its stdin and
 stdout (rewards' own prints go to stderr). The parent keeps one task in flight per worker, so a
-sample that hangs past the deadline is pinned to one process: that worker is killed and replaced,
+sample that hangs past the deadline is pinned to one process: that worker is stopped and replaced,
 and the sample scores 0 (timeout). A worker that dies (segfault, out of memory) costs its sample
 (reward_error). Workers are ordinary processes, not multiprocessing children: nothing of the
 trainer (CUDA, threads, the ``__main__`` module) is forked or re-imported into them, and they exit
@@ -29,6 +29,7 @@ from diffrl.rewards.registry import REWARD_ERROR, TIMEOUT, Score
 # (reward function's module, registered name, kwargs, completion, row)
 Task = tuple[str, str, dict[str, Any], str, dict[str, Any]]
 _HEADER = struct.Struct("<Q")
+_KILL_GRACE_S = 2.0
 
 
 def _send(stream: BinaryIO, obj: object) -> None:
@@ -54,8 +55,10 @@ def serve() -> None:
 
     from diffrl.rewards.registry import reward_entry, score_one
 
-    # Ctrl-C reaches the whole process group; the parent decides when workers stop.
+    # Ctrl-C reaches the whole process group; the parent decides when workers stop. SIGTERM
+    # (a sample past its deadline) unwinds, so a sandbox it was running is killed and removed.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     tasks = sys.stdin.buffer
@@ -85,8 +88,13 @@ class _Worker:
         return self.stdout.fileno()
 
     def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
+        """SIGTERM, so the worker can clean up what it was running; SIGKILL if it does not go."""
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=_KILL_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         self.stdin.close()
         self.stdout.close()
 
