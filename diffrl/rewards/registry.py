@@ -161,9 +161,12 @@ class RewardRunner:
         if len(set(names)) != len(names):
             raise ValueError(f"task.rewards lists a reward more than once ({names}); metrics and reasons are keyed by name")
         self.entries = {spec.name: reward_entry(spec.name) for spec in self.specs}
-        for spec in self.specs:
-            _check_kwargs(spec, self.entries[spec.name].fn)
         self.num_workers = default_workers() if num_workers is None else num_workers
+        for spec in self.specs:
+            entry = self.entries[spec.name]
+            _check_kwargs(spec, entry.fn)
+            if entry.pooled and self.num_workers > 0 and entry.fn.__module__ == "__main__":
+                raise ValueError(f"reward {spec.name!r} is pooled but defined in __main__, which worker processes cannot import; move it to a module")
         self.sample_timeout_s = sample_timeout_s
         self._pool: WorkerPool | None = None
         self._traceback_logged = False
