@@ -55,7 +55,20 @@ def parse_numbers(value: object) -> list[int]:
     return [int(n) for n in numbers]  # type: ignore[union-attr]
 
 
-@register_reward("countdown")
+def _check_row(row: dict) -> None:
+    try:
+        numbers = parse_numbers(row["extra_info"]["numbers"])
+    except (TypeError, ValueError):
+        raise ValueError(f"field 'extra_info.numbers' must be a list of integers (or its JSON text), got {row['extra_info']['numbers']!r}") from None
+    if not numbers:
+        raise ValueError("field 'extra_info.numbers' is empty; countdown needs the numbers to combine")
+    try:
+        Fraction(str(row["reward_model"]["ground_truth"]).strip())
+    except (TypeError, ValueError, ZeroDivisionError):
+        raise ValueError(f"field 'reward_model.ground_truth' must be the target number, got {row['reward_model']['ground_truth']!r}") from None
+
+
+@register_reward("countdown", required=("extra_info.numbers",), check_row=_check_row)
 def countdown_reward(completions: list[str], rows: list[dict]) -> list[Score]:
     """1 if the ``<answer>`` expression uses each given number exactly once and equals the target."""
     scores = []

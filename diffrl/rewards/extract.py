@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import re
 
+EXTRACT_MODES = ("auto", "boxed", "tag", "number")
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+# A fenced block: its language tag, then everything up to the closing fence (or the end of a
+# completion cut off inside the block).
+_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_PYTHON_TAGS = ("", "python", "py", "python3")
 
 
 def last_boxed(text: str) -> str | None:
@@ -37,6 +43,19 @@ def last_number(text: str) -> str | None:
     return found[-1].replace(",", "").rstrip(".") if found else None
 
 
+def python_blocks(text: str) -> list[str]:
+    """The bodies of the fenced blocks tagged python (or untagged), in order."""
+    return [body for tag, body in _FENCE.findall(text) if tag.lower() in _PYTHON_TAGS]
+
+
+def parse_python(code: str) -> ast.Module | None:
+    """The syntax tree of ``code``, or None if it is not valid Python."""
+    try:
+        return ast.parse(code)
+    except (SyntaxError, ValueError):
+        return None
+
+
 def extract_answer(text: str, mode: str = "auto") -> str | None:
     """``boxed``, ``tag``, ``number``, or ``auto``: boxed, else the answer tag, else the last number.
 
@@ -49,7 +68,7 @@ def extract_answer(text: str, mode: str = "auto") -> str | None:
     if mode == "number":
         return last_number(text)
     if mode != "auto":
-        raise ValueError(f"answer extraction mode {mode!r} is not one of auto, boxed, tag, number")
+        raise ValueError(f"answer extraction mode {mode!r} is not one of {', '.join(EXTRACT_MODES)}")
     boxed = last_boxed(text)
     if boxed is not None:
         return boxed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from diffrl.rewards.extract import parse_python, python_blocks
 from diffrl.rewards.registry import PARSE_FAILURE, Score, register_reward
 
 
@@ -22,4 +23,14 @@ def format_reward(completions: list[str], rows: list[dict], *, tags: list[str] |
     for text in completions:
         ok = pattern.fullmatch(text.strip()) if strict else pattern.search(text)
         scores.append(Score(1.0) if ok else Score(0.0, PARSE_FAILURE))
+    return scores
+
+
+@register_reward("code_format")
+def code_format_reward(completions: list[str], rows: list[dict]) -> list[Score]:
+    """1 if the completion has a fenced Python block whose code parses (DiffuCoder's format reward)."""
+    scores = []
+    for text in completions:
+        blocks = python_blocks(text)
+        scores.append(Score(1.0) if blocks and parse_python(blocks[-1]) is not None else Score(0.0, PARSE_FAILURE))
     return scores

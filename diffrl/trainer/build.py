@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffrl.data import load_rows
+from diffrl.data import DataError, load_rows
 from diffrl.data.synthetic import synthetic_task
 from diffrl.models import random_model, save_pretrained
 from diffrl.models.tokenizer import load_tokenizer  # noqa: F401  (re-exported for the loop)
+from diffrl.rewards import RewardSpec, check_row, required_fields
 from diffrl.trainer.config import ModelConfig, TaskConfig
 from diffrl.trainer.distributed import World, barrier
 
@@ -35,9 +36,26 @@ def prepare_task(cfg: TaskConfig, run_dir: Path, world: World) -> TaskData:
         barrier()
         train_files, val_files = [str(data_dir / "train.parquet")], [str(data_dir / "val.parquet")]
         tokenizer = task.tokenizer()
-    train = load_rows(train_files)
-    val = load_rows(val_files) if val_files else []
+    train = load_task_rows(train_files, cfg.rewards)
+    val = load_task_rows(val_files, cfg.rewards) if val_files else []
     return TaskData(train_rows=train, val_rows=val, tokenizer=tokenizer)
+
+
+def load_task_rows(files: list[str], rewards: list[RewardSpec]) -> list[dict[str, Any]]:
+    """Every row of ``files``, checked at load for the fields the task's rewards read; a bad row
+    stops the run with its file, row and field named."""
+    required = required_fields(rewards)
+    if not files:
+        return load_rows(files, required)  # raises: no data files given
+    rows = []
+    for path in files:
+        for i, row in enumerate(load_rows(path, required)):
+            try:
+                check_row(rewards, row)
+            except ValueError as err:
+                raise DataError(f"{path}: row {i}: {err}") from None
+            rows.append(row)
+    return rows
 
 
 def prepare_model_folder(cfg: ModelConfig, task: TaskData, run_dir: Path, world: World) -> Path:
