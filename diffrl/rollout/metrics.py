@@ -38,7 +38,7 @@ def kendall_tau(step_map: Tensor, completion_mask: Tensor) -> Tensor:
     NaN where it is undefined (fewer than two decoded tokens, or all in one step).
     """
     decoded = decoded_tokens(step_map, completion_mask)
-    out = torch.full((step_map.shape[0],), math.nan)
+    out = torch.full((step_map.shape[0],), math.nan, dtype=torch.float64)
     for b in range(step_map.shape[0]):
         steps = step_map[b][decoded[b]].double()
         n = steps.numel()
