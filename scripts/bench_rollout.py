@@ -104,10 +104,10 @@ def main() -> None:
         help="mid size only: vocabulary (special ids move to its top). The published 126k-152k vocabularies would make the "
         "LM head most of a mid-size model's FLOPs, while on the real models it is about 7%% of them",
     )
-    parser.add_argument("--std", type=float, default=0.05, help="init std of the random weights (sharper outputs when larger)")
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--std", type=float, default=0.5, help="init std of the random weights (sharper outputs when larger)")
+    parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--prompt-length", type=int, default=64)
-    parser.add_argument("--gen-length", type=int, default=64)
+    parser.add_argument("--gen-length", type=int, default=128)
     parser.add_argument("--block-length", type=int, default=32, help="bidirectional families (block-causal ones use their block_size)")
     parser.add_argument("--cache", choices=("prefix", "dual"), default="dual", help="bidirectional cache (block-causal: the block cache)")
     parser.add_argument("--threshold", type=float, default=0.9)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -50,3 +52,14 @@ def config(**overrides) -> RolloutConfig:
     """A short rollout: 16 tokens in two blocks of 8, one token per step, no stop."""
     base = dict(max_completion_length=16, block_length=8, steps=16, temperature=0.0, stop_at_eos=False)
     return RolloutConfig(**{**base, **overrides})
+
+
+@contextmanager
+def forward_batch_sizes(model: DiffusionLM) -> Iterator[list[int]]:
+    """Record the batch size of every forward the model runs inside the block."""
+    sizes: list[int] = []
+    hook = model.register_forward_hook(lambda _m, args, _out: sizes.append(args[0].shape[0]))
+    try:
+        yield sizes
+    finally:
+        hook.remove()

@@ -13,7 +13,7 @@ from diffrl.rollout import RolloutConfig, generate
 from diffrl.rollout.cache import make_cache
 from diffrl.rollout.canvas import BlockGrid, Canvas
 from diffrl.rollout.runner import Runner
-from tests.rollout_helpers import config, left_padded_prompts, tiny_model, with_logit_shift
+from tests.rollout_helpers import config, forward_batch_sizes, left_padded_prompts, tiny_model, with_logit_shift
 
 # Bidirectional models: LLaDA, and the same weights read with Dream's logit shift.
 MODELS = ["llada", "llada_shifted"]
@@ -115,12 +115,8 @@ def test_padded_rows_and_num_generations_match_samples_run_alone(models, kv_cach
     ids, mask = ids.repeat_interleave(group, 0), mask.repeat_interleave(group, 0)
     sample_ids = torch.arange(10, 10 + ids.shape[0])
     cfg = config(temperature=1.0, kv_cache=kv_cache, seed=5)
-    forwards: list[int] = []
-    hook = model.register_forward_hook(lambda _m, args, _out: forwards.append(args[0].shape[0]))
-    try:
+    with forward_batch_sizes(model) as forwards:
         batched = generate(model, ids, mask, cfg, sample_ids=sample_ids)
-    finally:
-        hook.remove()
     assert forwards[0] == 2, "the first forward should run each distinct prompt once"
     assert max(forwards[1:]) == ids.shape[0]
     assert len({tuple(r.tolist()) for r in batched.completion_ids[:group]}) > 1, "samples of one prompt should differ at T=1"
@@ -139,12 +135,8 @@ def test_finished_samples_leave_the_batch_and_free_their_cache(models, kv_cache:
     fixed = torch.full((3, 16), -1)
     fixed[1, 2] = eos  # sample 1 can stop inside the first block
     cfg = config(kv_cache=kv_cache, stop_at_eos=True)
-    forwards: list[int] = []
-    hook = model.register_forward_hook(lambda _m, args, _out: forwards.append(args[0].shape[0]))
-    try:
+    with forward_batch_sizes(model) as forwards:
         stopped = generate(model, ids, mask, cfg, fixed_tokens=fixed)
-    finally:
-        hook.remove()
     full = generate(model, ids, mask, replace(cfg, stop_at_eos=False), fixed_tokens=fixed)
     assert stopped.nfe[1] < full.nfe[1] and forwards[-1] < 3
     assert stopped.completion_mask[1].sum() == 3
