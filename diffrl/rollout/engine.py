@@ -189,19 +189,16 @@ class DenoisingLoop:
         scores = block(torch.where(is_masked, remasking_scores(cfg.remasking, decoded, uniforms), float("-inf")), float("-inf"))
         margins = block(torch.where(is_masked, decoded.margin.double(), float("nan")), float("nan"))
         committed = self.strategy.commit(scores, k, block(uniforms, 0.5), margins) & masked
-        new_tokens = block(decoded.token, -1)
-        edited = self.strategy.edits(new_tokens, block(decoded.prob.double(), 0.0), tokens, editable)
-        write = committed | edited
-        wr, wc = write.nonzero(as_tuple=True)
-        rr, pos = rows[wr], comp[wr, wc]
+        new_tokens, probs = block(decoded.token, -1), block(decoded.prob.double(), 0.0)
+        edited = self.strategy.edits(new_tokens, probs, tokens, editable)
         if edited.any():
             er, ec = edited.nonzero(as_tuple=True)
-            self.edit_log.append(
-                EditLog(rows[er], comp[er, ec], self.step[rows][er], tokens[er, ec], new_tokens[er, ec], block(decoded.prob.float(), 0.0)[er, ec])
-            )
+            self.edit_log.append(EditLog(rows[er], comp[er, ec], self.step[rows][er], tokens[er, ec], new_tokens[er, ec], probs[er, ec].float()))
+        wr, wc = (committed | edited).nonzero(as_tuple=True)
+        rr, pos = rows[wr], comp[wr, wc]
         c.completion[rr, pos] = new_tokens[wr, wc]
         self.step_map[rr, pos] = self.step[rr]
-        self.confidence[rr, pos] = block(decoded.prob.float(), 0.0)[wr, wc]
+        self.confidence[rr, pos] = probs[wr, wc].float()
         self.logprob[rr, pos] = block(decoded.logprob.float(), 0.0)[wr, wc]
         return committed, edited
 
