@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -28,31 +29,32 @@ from diffrl.models.registry import FAMILIES
 from diffrl.models.tiny import shrink_config
 from diffrl.rollout import RolloutConfig, generate
 
-# model_type -> (published folder under --hf-root, mid-size fields)
+_QWEN_MID = {"hidden_size": 512, "num_attention_heads": 8, "num_key_value_heads": 2, "num_hidden_layers": 8, "intermediate_size": 1376}
+_MOE_MID = {"num_experts": 16, "num_experts_per_tok": 4, "moe_intermediate_size": 256}
+# model_type -> (published folder under --hf-root, mid-size fields, facts the published config lacks
+# (what a model recipe supplies: mask/eos ids, block size); the mid size moves the ids to its vocabulary's top).
 MODELS = {
-    "llada": ("LLaDA-8B-Instruct", {"d_model": 512, "n_heads": 8, "n_kv_heads": 8, "n_layers": 8, "mlp_hidden_size": 1376}),
-    "Dream": ("Dream-v0-Instruct-7B", {"hidden_size": 512, "num_attention_heads": 8, "num_key_value_heads": 2, "num_hidden_layers": 8, "intermediate_size": 1376}),
-    "sdar": ("SDAR-4B-Chat", {"hidden_size": 512, "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 64, "num_hidden_layers": 8, "intermediate_size": 1376}),
-    "sdar_moe": (
-        "SDAR-30B-A3B-Chat",
-        {"hidden_size": 512, "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 64, "num_hidden_layers": 8, "num_experts": 16, "num_experts_per_tok": 4, "moe_intermediate_size": 256, "block_size": 4, "mask_token_id": 151669},
-    ),
+    "llada": ("LLaDA-8B-Instruct", {"d_model": 512, "n_heads": 8, "n_kv_heads": 8, "n_layers": 8, "mlp_hidden_size": 1376}, {}),
+    "Dream": ("Dream-v0-Instruct-7B", _QWEN_MID, {}),
+    "sdar": ("SDAR-4B-Chat", {**_QWEN_MID, "head_dim": 64}, {}),
+    "sdar_moe": ("SDAR-30B-A3B-Chat", {**_QWEN_MID, **_MOE_MID, "head_dim": 64}, {"mask_token_id": 151669, "block_size": 4}),
     "llada2_moe": (
         "LLaDA2.0-mini",
-        {"hidden_size": 512, "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 64, "num_hidden_layers": 8, "intermediate_size": 1376, "num_experts": 16, "n_group": 4, "topk_group": 2, "num_experts_per_tok": 4, "moe_intermediate_size": 256},
+        {**_QWEN_MID, **_MOE_MID, "head_dim": 64, "n_group": 4, "topk_group": 2},
+        {"mask_token_id": 156895, "eos_token_id": 156892, "block_size": 32},
     ),
 }
 
 
-def settings(args: argparse.Namespace, block: int) -> dict[str, RolloutConfig]:
+def settings(args: argparse.Namespace, block: int, cache: str) -> dict[str, RolloutConfig]:
     """The uncached loop, the cached engine and the cached engine with threshold decoding."""
     base = RolloutConfig(
         max_completion_length=args.gen_length, block_length=block, steps=args.gen_length, temperature=0.0, stop_at_eos=False
     )
     return {
         "uncached": base,
-        "cached": replace(base, kv_cache=args.cache),
-        "cached+threshold": replace(base, kv_cache=args.cache, threshold=args.threshold),
+        "cached": replace(base, kv_cache=cache),
+        "cached+threshold": replace(base, kv_cache=cache, threshold=args.threshold),
     }
 
 
@@ -67,20 +69,21 @@ def timed_generate(model, prompts, mask, cfg: RolloutConfig, device: str):
 
 
 def bench_family(model_type: str, args: argparse.Namespace) -> None:
-    folder, mid = MODELS[model_type]
-    config = json.loads((Path(args.hf_root) / folder / "config.json").read_text())
+    folder, mid, facts = MODELS[model_type]
+    config = {**json.loads((Path(args.hf_root) / folder / "config.json").read_text()), **facts}
     if args.size == "mid":
         config = shrink_config(config, vocab_size=args.vocab, **mid)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     model = random_model(config, std=args.std, dtype=dtype).to(args.device).eval()
     facts = model.facts
-    block = facts.block_size if facts.attention == "block_causal" else args.block_length
+    block_causal = facts.attention == "block_causal"
+    block = facts.block_size if block_causal else args.block_length
     gen = torch.Generator().manual_seed(0)
     prompts = torch.randint(0, min(facts.mask_token_id, facts.eos_token_id) - 1, (args.batch, args.prompt_length), generator=gen).to(args.device)
     mask = torch.ones_like(prompts, dtype=torch.bool)
-    cfgs = settings(args, block)
+    cfgs = settings(args, block, "prefix" if block_causal else args.cache)
     generate(model, prompts[:1], mask[:1], replace(cfgs["cached"], max_completion_length=block, steps=1))  # warm-up
-    print(f"\n{model_type} ({facts.attention}, block {block}, cache {'block' if facts.attention == 'block_causal' else args.cache})")
+    print(f"\n{model_type} ({facts.attention}, block {block}, cache {'block' if block_causal else args.cache})")
     print(f"{'setting':18} {'tokens/s':>10} {'NFE':>7} {'TPF':>6} {'seconds':>8} {'agree':>6} {'speedup':>8}")
     reference, base_rate = None, None
     for name, cfg in cfgs.items():
@@ -96,7 +99,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--families", nargs="+", default=[m for m in MODELS if m in FAMILIES], help=f"model types among {', '.join(MODELS)}")
-    parser.add_argument("--hf-root", default=str(Path(__file__).resolve().parents[2] / "shared" / "hf"))
+    shared = os.environ.get("DIFFRL_SHARED", Path(__file__).resolve().parents[2] / "shared")
+    parser.add_argument("--hf-root", default=str(Path(shared) / "hf"), help="published config folders (default $DIFFRL_SHARED/hf)")
     parser.add_argument("--size", choices=("mid", "real"), default="mid")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument(
