@@ -1,65 +1,131 @@
-"""Rollout throughput: tokens/s, NFE and tokens per forward of the sampler on random LLaDA models.
+"""Rollout throughput per family: the uncached loop, the cached engine and cached + threshold decoding.
 
-    python scripts/bench_rollout.py                 # tiny and mid-size configs on this machine
-    python scripts/bench_rollout.py --device cuda --batch 32 --gen-length 256
+    python scripts/bench_rollout.py --threads 1                      # every family, mid-size, this machine
+    python scripts/bench_rollout.py --families llada --gen-length 64 --block-length 32
+    python scripts/bench_rollout.py --device cuda --size real --batch 8 --gen-length 256
 
-A benchmark, not a test: it prints numbers and asserts nothing about them.
+Each family is a random model of its published architecture (config.json from ``--hf-root``) at
+the chosen size; the mid size also shrinks the vocabulary (``--vocab``) so that, as in the real
+models, the transformer and not the LM head dominates a forward. One run prints tokens/s, NFE and TPF of three settings and the ratios between them;
+the agreement column is the share of tokens equal to the uncached loop's (1.00 where the cache is
+exact). Random weights have no real confidence structure: threshold decoding's parallelism depends
+on the weight scale (``--std``), so its TPF here says how the engine performs at that TPF, not what
+TPF a trained model reaches. A benchmark, not a test: it asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import torch
 
 from diffrl.models import random_model
+from diffrl.models.registry import FAMILIES
+from diffrl.models.tiny import shrink_config
 from diffrl.rollout import RolloutConfig, generate
 
-LLADA = {
-    "model_type": "llada", "block_type": "llama", "activation_type": "silu", "layer_norm_type": "rms",
-    "rope_theta": 500000.0, "rms_norm_eps": 1e-5, "max_sequence_length": 4096,
-    "mask_token_id": 126336, "eos_token_id": 126081, "pad_token_id": 126081,
-}
-SIZES = {
-    "tiny": {"d_model": 64, "n_heads": 4, "n_kv_heads": 4, "n_layers": 2, "mlp_hidden_size": 128, "vocab_size": 126464, "embedding_size": 126464},
-    "mid": {"d_model": 512, "n_heads": 8, "n_kv_heads": 8, "n_layers": 8, "mlp_hidden_size": 1376, "vocab_size": 126464, "embedding_size": 126464},
+_QWEN_MID = {"hidden_size": 512, "num_attention_heads": 8, "num_key_value_heads": 2, "num_hidden_layers": 8, "intermediate_size": 1376}
+_MOE_MID = {"num_experts": 16, "num_experts_per_tok": 4, "moe_intermediate_size": 256}
+# model_type -> (published folder under --hf-root, mid-size fields, facts the published config lacks
+# (what a model recipe supplies: mask/eos ids, block size); the mid size moves the ids to its vocabulary's top).
+MODELS = {
+    "llada": ("LLaDA-8B-Instruct", {"d_model": 512, "n_heads": 8, "n_kv_heads": 8, "n_layers": 8, "mlp_hidden_size": 1376}, {}),
+    "Dream": ("Dream-v0-Instruct-7B", _QWEN_MID, {}),
+    "sdar": ("SDAR-4B-Chat", {**_QWEN_MID, "head_dim": 64}, {}),
+    "sdar_moe": ("SDAR-30B-A3B-Chat", {**_QWEN_MID, **_MOE_MID, "head_dim": 64}, {"mask_token_id": 151669, "block_size": 4}),
+    "llada2_moe": (
+        "LLaDA2.0-mini",
+        {**_QWEN_MID, **_MOE_MID, "head_dim": 64, "n_group": 4, "topk_group": 2},
+        {"mask_token_id": 156895, "eos_token_id": 156892, "block_size": 32},
+    ),
 }
 
 
-def bench(name: str, args: argparse.Namespace) -> dict[str, float]:
-    model = random_model({**LLADA, **SIZES[name]}, std=0.05).to(args.device).eval()
-    gen = torch.Generator().manual_seed(0)
-    prompts = torch.randint(0, 126000, (args.batch, args.prompt_length), generator=gen).to(args.device)
-    mask = torch.ones_like(prompts, dtype=torch.bool)
-    cfg = RolloutConfig(max_completion_length=args.gen_length, block_length=args.block_length, steps=args.steps, temperature=1.0, stop_at_eos=False)
-    generate(model, prompts[:1], mask[:1], RolloutConfig(max_completion_length=args.block_length, block_length=args.block_length, steps=1))
-    if args.device.startswith("cuda"):
+def settings(args: argparse.Namespace, block: int, cache: str) -> dict[str, RolloutConfig]:
+    """The uncached loop, the cached engine and the cached engine with threshold decoding."""
+    base = RolloutConfig(
+        max_completion_length=args.gen_length, block_length=block, steps=args.gen_length, temperature=0.0, stop_at_eos=False
+    )
+    return {
+        "uncached": base,
+        "cached": replace(base, kv_cache=cache),
+        "cached+threshold": replace(base, kv_cache=cache, threshold=args.threshold),
+    }
+
+
+def timed_generate(model, prompts, mask, cfg: RolloutConfig, device: str):
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
     start = time.perf_counter()
     out = generate(model, prompts, mask, cfg)
-    if args.device.startswith("cuda"):
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    tokens = out.completion_mask.sum().item()
-    return {"tokens/s": tokens / seconds, "nfe": out.nfe.float().mean().item(), "tpf": out.tokens_per_forward.mean().item(), "seconds": seconds}
+    return out, time.perf_counter() - start
+
+
+def bench_family(model_type: str, args: argparse.Namespace) -> None:
+    folder, mid, facts = MODELS[model_type]
+    config = {**json.loads((Path(args.hf_root) / folder / "config.json").read_text()), **facts}
+    if args.size == "mid":
+        config = shrink_config(config, vocab_size=args.vocab, **mid)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    model = random_model(config, std=args.std, dtype=dtype).to(args.device).eval()
+    facts = model.facts
+    block_causal = facts.attention == "block_causal"
+    block = facts.block_size if block_causal else args.block_length
+    gen = torch.Generator().manual_seed(0)
+    prompts = torch.randint(0, min(facts.mask_token_id, facts.eos_token_id) - 1, (args.batch, args.prompt_length), generator=gen).to(args.device)
+    mask = torch.ones_like(prompts, dtype=torch.bool)
+    cfgs = settings(args, block, "prefix" if block_causal else args.cache)
+    generate(model, prompts[:1], mask[:1], replace(cfgs["cached"], max_completion_length=block, steps=1))  # warm-up
+    print(f"\n{model_type} ({facts.attention}, block {block}, cache {'block' if block_causal else args.cache})")
+    print(f"{'setting':18} {'tokens/s':>10} {'NFE':>7} {'TPF':>6} {'seconds':>8} {'agree':>6} {'speedup':>8}")
+    reference, base_rate = None, None
+    for name, cfg in cfgs.items():
+        out, seconds = timed_generate(model, prompts, mask, cfg, args.device)
+        rate = out.completion_mask.sum().item() / seconds
+        reference = out.completion_ids if reference is None else reference
+        base_rate = rate if base_rate is None else base_rate
+        agree = (out.completion_ids == reference).float().mean().item()
+        print(f"{name:18} {rate:10.1f} {out.nfe.float().mean().item():7.1f} {out.tokens_per_forward.mean().item():6.2f} {seconds:8.2f} {agree:6.2f} {rate / base_rate:7.2f}x")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--prompt-length", type=int, default=32)
-    parser.add_argument("--gen-length", type=int, default=64)
-    parser.add_argument("--block-length", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=64)
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES))
+    parser.add_argument("--families", nargs="+", default=[m for m in MODELS if m in FAMILIES], help=f"model types among {', '.join(MODELS)}")
+    shared = os.environ.get("DIFFRL_SHARED", Path(__file__).resolve().parents[2] / "shared")
+    parser.add_argument("--hf-root", default=str(Path(shared) / "hf"), help="published config folders (default $DIFFRL_SHARED/hf)")
+    parser.add_argument("--size", choices=("mid", "real"), default="mid")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument(
+        "--vocab", type=int, default=8192,
+        help="mid size only: vocabulary (special ids move to its top). The published 126k-152k vocabularies would make the "
+        "LM head most of a mid-size model's FLOPs, while on the real models it is about 7%% of them",
+    )
+    parser.add_argument("--std", type=float, default=0.5, help="init std of the random weights (sharper outputs when larger)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--prompt-length", type=int, default=64)
+    parser.add_argument("--gen-length", type=int, default=128)
+    parser.add_argument("--block-length", type=int, default=32, help="bidirectional families (block-causal ones use their block_size)")
+    parser.add_argument("--cache", choices=("prefix", "dual"), default="dual", help="bidirectional cache (block-causal: the block cache)")
+    parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (1 gives steady numbers on a shared machine)")
     args = parser.parse_args()
-    print(f"device={args.device} batch={args.batch} prompt={args.prompt_length} gen={args.gen_length} block={args.block_length} steps={args.steps}")
-    print(f"{'config':8} {'tokens/s':>10} {'NFE':>6} {'TPF':>6} {'seconds':>8}")
-    for name in args.sizes:
-        r = bench(name, args)
-        print(f"{name:8} {r['tokens/s']:10.1f} {r['nfe']:6.1f} {r['tpf']:6.2f} {r['seconds']:8.2f}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(
+        f"device={args.device} size={args.size} vocab={args.vocab if args.size == 'mid' else 'published'} std={args.std} "
+        f"dtype={args.dtype} batch={args.batch} prompt={args.prompt_length} "
+        f"gen={args.gen_length} steps={args.gen_length} T=0 threads={torch.get_num_threads()}"
+    )
+    for model_type in args.families:
+        bench_family(model_type, args)
 
 
 if __name__ == "__main__":

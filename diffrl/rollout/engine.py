@@ -1,9 +1,16 @@
-"""The denoising loop: semi-autoregressive blocks, a fixed number of steps per block.
+"""The denoising loop: blocks in rounds, steps within a block, one decision per step.
 
-Each step runs the model over the canvas of the samples still working on the block, decodes a
-token for every masked position of the block (without materialising [batch, length, vocab]),
-commits the positions the remasking rule picks, and records the step in the trajectory. Samples
-that have committed their first stop token with nothing masked before it leave the batch.
+Every row works on its own block of the current round (see :mod:`diffrl.rollout.canvas`). A step
+runs the rows that still have something to do in their block through the runner (which asks the
+KV-cache policy what to compute), decodes a token for each masked (and, when editing, each
+decoded) position of those blocks without materialising [batch, length, vocab], lets the strategy
+pick what to commit, and records it. Samples whose first stop token is committed with nothing
+masked before it leave the batch and free their cache.
+
+Step numbering is per sample: ``step`` is the number of steps that sample has taken part in, so
+its random draws, keyed by (seed, sample id, step, position), do not depend on the rest of the
+batch or on the cache, and cached and uncached loops draw the same numbers. Steps in which a
+schedule commits nothing for a sample are skipped for it (they would change nothing).
 """
 
 from __future__ import annotations
@@ -13,11 +20,14 @@ from torch import Tensor
 
 from diffrl.kernels import decode_step
 from diffrl.models.base import DiffusionLM
-from diffrl.rng import counter_hash
+from diffrl.rng import STREAM_REMASK, counter_hash, counter_uniform
+from diffrl.rollout.cache import make_cache
+from diffrl.rollout.canvas import BlockGrid, Canvas
 from diffrl.rollout.config import RolloutConfig
-from diffrl.rollout.schedule import transfer_counts
-from diffrl.rollout.strategies import commit_topk, remasking_scores
-from diffrl.rollout.trajectory import Rollout
+from diffrl.rollout.runner import Runner
+from diffrl.rollout.schedule import BlockSchedule
+from diffrl.rollout.strategies import Strategy, decode_stats, remasking_scores
+from diffrl.rollout.trajectory import EditLog, Rollout
 
 
 def finished_rows(completion: Tensor, mask_id: int, stop_ids: Tensor) -> Tensor:
@@ -27,6 +37,22 @@ def finished_rows(completion: Tensor, mask_id: int, stop_ids: Tensor) -> Tensor:
     first = torch.where(is_stop.any(1), is_stop.float().argmax(1), torch.full_like(completion[:, 0], length))
     before = torch.arange(length, device=completion.device)[None, :] < first[:, None]
     return is_stop.any(1) & ~((completion == mask_id) & before).any(1)
+
+
+def check_inputs(prompt_ids: Tensor, prompt_mask: Tensor, cfg: RolloutConfig, fixed_tokens: Tensor | None, mask_id: int) -> None:
+    if prompt_mask.shape != prompt_ids.shape:
+        raise ValueError(f"prompt_mask {tuple(prompt_mask.shape)} must have the shape of prompt_ids {tuple(prompt_ids.shape)}")
+    real = prompt_mask.bool()
+    if not real.any(1).all():
+        raise ValueError(f"prompt rows {(~real.any(1)).nonzero().flatten().tolist()} have no real token; drop them before generate")
+    if (real[:, :-1] & ~real[:, 1:]).any():
+        raise ValueError("prompt_mask must be left-padded (padding first, then the prompt); re-encode the prompts with left padding")
+    if fixed_tokens is not None:
+        expected = (prompt_ids.shape[0], cfg.max_completion_length)
+        if tuple(fixed_tokens.shape) != expected:
+            raise ValueError(f"fixed_tokens must be [batch, rollout.max_completion_length] = {expected}, got {tuple(fixed_tokens.shape)}")
+        if (fixed_tokens == mask_id).any():
+            raise ValueError("fixed_tokens contains the mask token id; use -1 for positions left to the model")
 
 
 @torch.no_grad()
@@ -41,81 +67,147 @@ def generate(
 ) -> Rollout:
     """Generate ``cfg.max_completion_length`` tokens after each left-padded prompt.
 
-    ``sample_ids`` [B] key each sample's random draws (default ``arange(B)``), so a sample's
-    output does not depend on what else is in the batch. ``fixed_tokens`` [B, G] (-1 = free)
-    are written into the completion before decoding and never remasked (inpainting).
+    The engine samples with ``model``'s current parameters in place (no copy), so right after an
+    optimizer step it generates with the updated weights. ``sample_ids`` [B] key each sample's
+    random draws (default ``arange(B)``), so a sample's output does not depend on what else is in
+    the batch. ``fixed_tokens`` [B, G] (-1 = free) are written into the completion before decoding
+    and never remasked or edited (inpainting).
     """
     facts = model.facts
-    device = prompt_ids.device
-    bsz, plen = prompt_ids.shape
-    glen, blen = cfg.max_completion_length, cfg.block_length
-    mask_id = facts.mask_token_id
-    stop_ids = torch.tensor(facts.stop_token_ids, device=device)
-    sample_ids = torch.arange(bsz, device=device) if sample_ids is None else sample_ids.to(device)
-
-    completion = torch.full((bsz, glen), mask_id, dtype=torch.long, device=device)
-    fixed_mask = torch.zeros(bsz, glen, dtype=torch.bool, device=device)
-    if fixed_tokens is not None:
-        fixed_mask = fixed_tokens >= 0
-        completion = torch.where(fixed_mask, fixed_tokens, completion)
-    canvas = torch.cat((prompt_ids, completion), dim=1)
-    key_mask = torch.cat((prompt_mask.bool(), torch.ones(bsz, glen, dtype=torch.bool, device=device)), dim=1)
-
-    step_map = torch.full((bsz, glen), -1, dtype=torch.long, device=device)
-    confidence = torch.zeros(bsz, glen, device=device)
-    logprob = torch.zeros(bsz, glen, device=device)
-    nfe = torch.zeros(bsz, dtype=torch.long, device=device)
-    active = torch.ones(bsz, dtype=torch.bool, device=device)
-    weight = model.lm_head.weight
-
-    for blk in range(cfg.num_blocks):
-        lo = plen + blk * blen
-        schedule = transfer_counts((canvas[:, lo : lo + blen] == mask_id).sum(1), cfg.steps_per_block)
-        for s in range(cfg.steps_per_block):
-            step = blk * cfg.steps_per_block + s
-            window_masked = canvas[:, lo : lo + blen] == mask_id
-            rows = (active & (schedule[:, s] > 0) & window_masked.any(1)).nonzero().squeeze(1)
-            if rows.numel() == 0:
-                continue
-            hidden = model(canvas[rows], key_mask[rows])
-            r_idx, c_idx = window_masked[rows].nonzero(as_tuple=True)
-            keys = counter_hash(cfg.seed, sample_ids[rows][r_idx], step, blk * blen + c_idx)
-            decoded = decode_step(
-                hidden[r_idx, lo + c_idx],
-                weight,
-                temperature=cfg.temperature,
-                noise_keys=keys,
-                top_k=cfg.top_k,
-                top_p=cfg.top_p,
-                suppress_ids=(mask_id,),
-            )
-            scores = torch.full((rows.numel(), blen), float("-inf"), dtype=torch.float64, device=device)
-            scores[r_idx, c_idx] = remasking_scores(cfg.remasking, decoded, keys, cfg.seed)
-            chosen = commit_topk(scores, schedule[rows, s])[r_idx, c_idx]
-            rr, cc = rows[r_idx[chosen]], blk * blen + c_idx[chosen]
-            canvas[rr, plen + cc] = decoded.token[chosen]
-            step_map[rr, cc] = step
-            confidence[rr, cc] = decoded.prob[chosen].float()
-            logprob[rr, cc] = decoded.logprob[chosen].float()
-            nfe[rows] += 1
-            if cfg.stop_at_eos:
-                done = finished_rows(canvas[:, plen:], mask_id, stop_ids) & active
-                if done.any():
-                    tail = canvas[:, plen:]
-                    tail[done[:, None] & (tail == mask_id)] = facts.eos_token_id
-                    active &= ~done
-        if not active.any():
+    check_inputs(prompt_ids, prompt_mask, cfg, fixed_tokens, facts.mask_token_id)
+    bsz, device = prompt_ids.shape[0], prompt_ids.device
+    grid = BlockGrid.build(prompt_mask, cfg, facts)
+    canvas = Canvas.start(prompt_ids, prompt_mask, grid.canvas_width, cfg, facts, fixed_tokens)
+    runner = Runner(model, canvas, make_cache(cfg, facts, bsz, canvas.width, device), bsz)
+    loop = DenoisingLoop(model, canvas, grid, runner, cfg, torch.arange(bsz, device=device) if sample_ids is None else sample_ids.to(device))
+    for rnd in range(grid.rounds):
+        loop.run_block(rnd)
+        if not loop.active.any():
             break
-
     return Rollout(
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask.bool(),
-        completion_ids=canvas[:, plen:],
-        step_map=step_map,
-        confidence=confidence,
-        logprob=logprob,
-        fixed_mask=fixed_mask,
-        nfe=nfe,
-        sample_ids=sample_ids,
+        completion_ids=canvas.completion.clone(),
+        step_map=loop.step_map,
+        confidence=loop.confidence,
+        logprob=loop.logprob,
+        fixed_mask=canvas.fixed,
+        nfe=runner.nfe,
+        sample_ids=loop.sample_ids,
         stop_token_ids=facts.stop_token_ids,
+        nfe_cache=runner.nfe_cache,
+        edits=EditLog.cat(loop.edit_log) if loop.edit_log else None,
     )
+
+
+class DenoisingLoop:
+    """The state of one rollout between steps: which samples are active, what each step decided."""
+
+    def __init__(self, model: DiffusionLM, canvas: Canvas, grid: BlockGrid, runner: Runner, cfg: RolloutConfig, sample_ids: Tensor) -> None:
+        self.model, self.canvas, self.grid, self.runner, self.cfg = model, canvas, grid, runner, cfg
+        self.sample_ids = sample_ids
+        self.strategy = Strategy(cfg)
+        self.stats = decode_stats(cfg.remasking)
+        facts = model.facts
+        self.mask_id, self.eos_id = facts.mask_token_id, facts.eos_token_id
+        self.stop_ids = torch.tensor(facts.stop_token_ids, device=canvas.tokens.device)
+        bsz, glen, device = canvas.tokens.shape[0], canvas.completion_length, canvas.tokens.device
+        self.active = torch.ones(bsz, dtype=torch.bool, device=device)
+        self.step = torch.zeros(bsz, dtype=torch.long, device=device)
+        self.step_map = torch.full((bsz, glen), -1, dtype=torch.long, device=device)
+        self.confidence = torch.zeros(bsz, glen, device=device)
+        self.logprob = torch.zeros(bsz, glen, device=device)
+        self.edit_log: list[EditLog] = []
+
+    def run_block(self, rnd: int) -> None:
+        """Denoise every active row's block of round ``rnd`` until it has nothing left to do."""
+        c, cfg = self.canvas, self.cfg
+        cols = self.grid.columns(rnd)
+        lo = cols[:, 0]
+        in_completion = (cols >= c.prompt_width) & (cols < c.prompt_width + c.completion_length)
+        comp = (cols - c.prompt_width).clamp(0, c.completion_length - 1)  # completion index of each column
+        fixed = c.fixed.gather(1, comp) & in_completion
+        masked = (c.tokens.gather(1, cols) == self.mask_id) & in_completion
+        schedule = BlockSchedule(cfg.schedule, masked.sum(1), cfg.steps_per_block, cfg.eps)
+        # A threshold rule may commit without a quota from the schedule (SDAR's dynamic rule takes
+        # every confident position even on a step whose count is 0).
+        unscheduled = cfg.commits_at_least_one or cfg.threshold is not None
+        budget = (cfg.block_length if cfg.commits_at_least_one else cfg.steps_per_block) + cfg.max_post_steps
+        post_steps = torch.zeros_like(self.step)
+        changed = torch.ones_like(self.active)
+        editing = cfg.editing_threshold is not None
+        for s in range(budget):
+            tokens = c.tokens.gather(1, cols)
+            masked = (tokens == self.mask_id) & in_completion
+            has_masks = masked.any(1)
+            k = schedule.counts(s, masked.sum(1))
+            decodes = has_masks & ((k > 0) | unscheduled)
+            if editing:
+                editable = in_completion & ~fixed & ~masked
+                post = ~has_masks & editable.any(1) & changed & (post_steps < cfg.max_post_steps)
+                decodes |= post
+                post_steps += post.long()
+            else:
+                editable = torch.zeros_like(masked)
+            rows = (self.active & decodes).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                if not (self.active & has_masks).any():
+                    break
+                continue
+            hidden = self.runner.block_hidden(rows, lo[rows], cols.shape[1], rnd)
+            committed, edited = self._decide(rows, hidden, tokens[rows], masked[rows], editable[rows], comp[rows], k[rows])
+            changed[rows] = committed.any(1) | edited.any(1)
+            self.step[rows] += 1
+            if cfg.stop_at_eos:
+                self._stop_finished()
+            if not self.active.any():
+                break
+
+    def _decide(self, rows: Tensor, hidden: Tensor, tokens: Tensor, masked: Tensor, editable: Tensor, comp: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """Decode the rows' candidates, commit and edit, record; returns (committed, edited) [n, block]."""
+        cfg, c = self.cfg, self.canvas
+        r_i, c_i = (masked | editable).nonzero(as_tuple=True)
+        keys = counter_hash(cfg.seed, self.sample_ids[rows][r_i], self.step[rows][r_i], comp[r_i, c_i])
+        decoded = decode_step(
+            hidden[r_i, c_i],
+            self.model.lm_head.weight,
+            temperature=cfg.temperature,
+            noise_keys=keys,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            suppress_ids=(self.mask_id,),
+            stats=self.stats,
+        )
+        uniforms = counter_uniform(STREAM_REMASK, cfg.seed, keys)
+
+        def block(values: Tensor, fill: float) -> Tensor:
+            out = torch.full(masked.shape, fill, dtype=values.dtype, device=values.device)
+            out[r_i, c_i] = values
+            return out
+
+        is_masked = masked[r_i, c_i]
+        scores = block(torch.where(is_masked, remasking_scores(cfg.remasking, decoded, uniforms), float("-inf")), float("-inf"))
+        margins = block(torch.where(is_masked, decoded.margin.double(), float("nan")), float("nan"))
+        committed = self.strategy.commit(scores, k, block(uniforms, 0.5), margins) & masked
+        new_tokens, probs = block(decoded.token, -1), block(decoded.prob.double(), 0.0)
+        edited = self.strategy.edits(new_tokens, probs, tokens, editable)
+        if edited.any():
+            er, ec = edited.nonzero(as_tuple=True)
+            self.edit_log.append(EditLog(rows[er], comp[er, ec], self.step[rows][er], tokens[er, ec], new_tokens[er, ec], probs[er, ec].float()))
+        wr, wc = (committed | edited).nonzero(as_tuple=True)
+        rr, pos = rows[wr], comp[wr, wc]
+        c.completion[rr, pos] = new_tokens[wr, wc]
+        self.step_map[rr, pos] = self.step[rr]
+        self.confidence[rr, pos] = probs[wr, wc].float()
+        self.logprob[rr, pos] = block(decoded.logprob.float(), 0.0)[wr, wc]
+        return committed, edited
+
+    def _stop_finished(self) -> None:
+        """Rows that committed their first stop token with no mask before it leave the batch; what
+        is still masked after it becomes EOS, never decoded."""
+        completion = self.canvas.completion
+        done = finished_rows(completion, self.mask_id, self.stop_ids) & self.active
+        if done.any():
+            completion[done[:, None] & (completion == self.mask_id)] = self.eos_id
+            self.active &= ~done
+            self.runner.drop(done.nonzero().squeeze(1))

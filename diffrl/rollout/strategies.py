@@ -1,4 +1,9 @@
-"""Which masked positions a denoising step commits: a score per position, then a selection rule."""
+"""Which positions a denoising step commits: a score per masked position, then a selection rule.
+
+All rules work on block-local matrices [rows, block] of scores where ``-inf`` marks a position
+that is not a candidate (not masked, outside the completion), so one call serves a whole batch
+with different mask counts per row. Ties go to the lower position everywhere.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +11,113 @@ import torch
 from torch import Tensor
 
 from diffrl.kernels import DecodeResult
-from diffrl.rng import STREAM_REMASK, counter_uniform
+from diffrl.rollout.config import RolloutConfig
 
-REMASKING = ("low_confidence", "random")
+# Scores read on the tempered, filtered sampling distribution (Dream's sample_tokens); the others on
+# the model's own distribution (LLaDA).
+_SAMPLING_STATS = ("maskgit_plus", "topk_margin", "entropy")
 
 
-def remasking_scores(remasking: str, decoded: DecodeResult, keys: Tensor, seed: int) -> Tensor:
-    """Score of each candidate (higher commits first): the model's probability of its choice for
-    ``low_confidence``, a keyed uniform draw for ``random`` (LLaDA's two remasking rules)."""
-    if remasking == "low_confidence":
+def decode_stats(remasking: str) -> str:
+    """The ``stats`` argument of :func:`diffrl.kernels.decode_step` that a score reads."""
+    return "sampling" if remasking in _SAMPLING_STATS else "model"
+
+
+def remasking_scores(remasking: str, decoded: DecodeResult, uniforms: Tensor) -> Tensor:
+    """Score of each candidate (higher commits first), float64."""
+    if remasking in ("low_confidence", "maskgit_plus"):
         return decoded.prob.double()
+    if remasking == "topk_margin":
+        return decoded.margin.double()
+    if remasking == "entropy":
+        return -decoded.entropy.double()
     if remasking == "random":
-        return counter_uniform(STREAM_REMASK, seed, keys)
-    raise ValueError(f"rollout.remasking={remasking!r} is not one of {', '.join(REMASKING)}")
+        return uniforms
+    raise ValueError(f"rollout.remasking={remasking!r} is not a known score")
 
 
-def commit_topk(scores: Tensor, k: Tensor) -> Tensor:
-    """Commit the ``k[r]`` best-scored positions of each row; ``-inf`` marks non-candidates.
-
-    Ties go to the lower position (a stable sort), so results do not depend on ``topk``'s
-    unspecified tie order.
-    """
+def ranks(scores: Tensor) -> Tensor:
+    """0-based rank of every entry in its row, best first; ties go to the lower position."""
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
     rank = torch.empty_like(order)
     rank.scatter_(-1, order, torch.arange(scores.shape[-1], device=scores.device).expand_as(order))
-    return (rank < k[:, None]) & torch.isfinite(scores)
+    return rank
+
+
+def commit_topk(scores: Tensor, k: Tensor) -> Tensor:
+    """Commit the ``k[r]`` best-scored candidates of each row."""
+    return (ranks(scores) < k[:, None]) & torch.isfinite(scores)
+
+
+def sample_topk(scores: Tensor, k: Tensor, alg_temp: float, uniforms: Tensor) -> Tensor:
+    """Dream's ``multinomial(softmax(score / alg_temp), k)`` without replacement, as Gumbel-top-k:
+    adding Gumbel noise to the logits and taking the top k draws exactly that distribution."""
+    gumbel = -torch.log(-torch.log(uniforms))
+    return commit_topk(scores / alg_temp + gumbel, k)
+
+
+def threshold_commit(scores: Tensor, threshold: float) -> Tensor:
+    """Fast-dLLM: the best candidate always, every other one with score >= threshold."""
+    valid = torch.isfinite(scores)
+    return valid & ((ranks(scores) == 0) | (scores >= threshold))
+
+
+def dynamic_commit(scores: Tensor, k: Tensor, threshold: float) -> Tensor:
+    """SDAR's low_confidence_dynamic / LLaDA2.0: every candidate with score > threshold when there
+    are at least ``k`` of them, else the top ``k``."""
+    high = torch.isfinite(scores) & (scores > threshold)
+    enough = high.sum(-1) >= k
+    return torch.where(enough[:, None], high, commit_topk(scores, k))
+
+
+def factor_commit(scores: Tensor, factor: float) -> Tensor:
+    """dInfer's factor rule: rank n (1-based, n >= 2) passes when its score is >= 1 - factor/(n+1);
+    the ranks before the first failure are committed, and all of them when only the last fails
+    (as dInfer's ``get_transfer_index_dynamic`` does)."""
+    valid = torch.isfinite(scores)
+    m = valid.sum(-1)
+    rank = ranks(scores)
+    sorted_scores = torch.sort(scores, dim=-1, descending=True, stable=True).values
+    n = torch.arange(1, scores.shape[-1] + 1, device=scores.device, dtype=scores.dtype)
+    passes = (sorted_scores >= 1 - factor / (n + 1)) | (n == 1)
+    fails = ~passes & (n[None, :] <= m[:, None])
+    first_fail = torch.where(fails.any(-1), fails.float().argmax(-1), m)
+    count = torch.where(first_fail == m - 1, m, first_fail)
+    return valid & (rank < count[:, None])
+
+
+class Strategy:
+    """The configured selection rule: which masked positions to commit, which decoded ones to edit."""
+
+    def __init__(self, cfg: RolloutConfig) -> None:
+        self.cfg = cfg
+
+    def commit(self, scores: Tensor, k: Tensor, uniforms: Tensor, margins: Tensor) -> Tensor:
+        """Masked positions [rows, block] to commit this step.
+
+        ``scores`` is -inf off the candidates, ``k`` the schedule's counts [rows], ``uniforms`` the
+        keyed draws per position (for ``alg_temp``) and ``margins`` the top-1 minus top-2
+        probability per position (for the early commit; NaN off the candidates).
+        """
+        cfg = self.cfg
+        if cfg.factor is not None:
+            chosen = factor_commit(scores, cfg.factor)
+        elif cfg.threshold is not None and cfg.threshold_rule == "fast_dllm":
+            chosen = threshold_commit(scores, cfg.threshold)
+        elif cfg.threshold is not None:
+            chosen = dynamic_commit(scores, k, cfg.threshold)
+        elif cfg.alg_temp:
+            chosen = sample_topk(scores, k, cfg.alg_temp, uniforms)
+        else:
+            chosen = commit_topk(scores, k)
+        if cfg.early_commit_margin is not None:
+            confident = margins.nanmean(-1) >= cfg.early_commit_margin
+            chosen = chosen | (confident[:, None] & torch.isfinite(scores))
+        return chosen
+
+    def edits(self, tokens: Tensor, probs: Tensor, current: Tensor, editable: Tensor) -> Tensor:
+        """LLaDA2.1: decoded positions [rows, block] whose new choice differs from the current token
+        and has probability > editing_threshold."""
+        if self.cfg.editing_threshold is None:
+            return torch.zeros_like(editable)
+        return editable & (tokens != current) & (probs > self.cfg.editing_threshold)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor
+
+from diffrl.rollout import metrics
 
 
 def completion_mask(completion_ids: Tensor, stop_token_ids: tuple[int, ...]) -> Tensor:
@@ -18,13 +20,41 @@ def completion_mask(completion_ids: Tensor, stop_token_ids: tuple[int, ...]) -> 
 
 
 @dataclass
+class EditLog:
+    """LLaDA2.1 edits, one entry per replaced token: batch row, completion position, the step that
+    replaced it, the old and new token and the new token's confidence."""
+
+    row: Tensor
+    position: Tensor
+    step: Tensor
+    old_token: Tensor
+    new_token: Tensor
+    confidence: Tensor
+
+    @classmethod
+    def empty(cls, device: torch.device) -> "EditLog":
+        long = torch.zeros(0, dtype=torch.long, device=device)
+        return cls(long, long, long, long, long, torch.zeros(0, device=device))
+
+    @classmethod
+    def cat(cls, logs: list["EditLog"], row_offsets: list[int] | None = None) -> "EditLog":
+        """Concatenate logs, shifting each one's rows by its offset (for concatenated batches)."""
+        offsets = row_offsets or [0] * len(logs)
+        parts = {f.name: torch.cat([getattr(log, f.name) for log in logs]) for f in fields(cls) if f.name != "row"}
+        rows = torch.cat([log.row + off for log, off in zip(logs, offsets)])
+        return cls(row=rows, **parts)
+
+
+@dataclass
 class Rollout:
     """A batch of generated completions and their trajectories.
 
-    ``step_map[b, i]`` is the 0-based decoding step of sample ``b`` that committed completion token
-    ``i`` (-1: never decoded, i.e. a fixed/inpainted token or fill after the sample stopped);
-    ``confidence`` is the model's probability of that token at that step and ``logprob`` its
-    log-probability under the sampling distribution then.
+    ``step_map[b, i]`` is the 0-based denoising step of sample ``b`` (its own count of the steps it
+    took part in) that last wrote completion token ``i`` (-1: never decoded, i.e. a fixed/inpainted
+    token or fill after the sample stopped); ``confidence`` is the token's score probability at
+    that step and ``logprob`` its log-probability under the sampling distribution then. ``nfe``
+    counts the forwards each sample took part in, ``nfe_cache`` those of them that (re)computed
+    cached K/V (refreshes, block stores; each also decoded, so they are part of ``nfe``).
     """
 
     prompt_ids: Tensor
@@ -37,10 +67,16 @@ class Rollout:
     nfe: Tensor
     sample_ids: Tensor
     stop_token_ids: tuple[int, ...]
+    nfe_cache: Tensor | None = None
+    edits: EditLog | None = None
     completion_mask: Tensor = field(init=False)
 
     def __post_init__(self) -> None:
         self.completion_mask = completion_mask(self.completion_ids, self.stop_token_ids)
+        if self.nfe_cache is None:
+            self.nfe_cache = torch.zeros_like(self.nfe)
+        if self.edits is None:
+            self.edits = EditLog.empty(self.completion_ids.device)
 
     @property
     def truncated(self) -> Tensor:
@@ -53,25 +89,32 @@ class Rollout:
         return self.completion_mask.sum(1)
 
     @property
-    def decoding_steps(self) -> Tensor:
-        """Distinct decoding steps that committed a completion token, per sample."""
-        steps = torch.where(self.completion_mask & (self.step_map >= 0), self.step_map, -1).sort(1).values
-        new = torch.cat((steps[:, :1] >= 0, (steps[:, 1:] != steps[:, :-1]) & (steps[:, 1:] >= 0)), dim=1)
-        return new.sum(1)
-
-    @property
     def tokens_per_forward(self) -> Tensor:
-        """TPF per sample: decoded completion tokens over the steps that decoded them."""
-        decoded = (self.completion_mask & (self.step_map >= 0)).sum(1).float()
-        return decoded / self.decoding_steps.clamp_min(1)
+        """TPF per sample: decoded completion tokens over the forwards the sample took part in."""
+        return metrics.tokens_per_forward(self.step_map, self.completion_mask, self.nfe)
 
     def metrics(self) -> dict[str, float]:
-        lengths = self.lengths.float()
-        return {
-            "response_length/mean": lengths.mean().item(),
-            "response_length/max": lengths.max().item(),
-            "response_length/min": lengths.min().item(),
-            "response_length/clip_ratio": self.truncated.float().mean().item(),
-            "rollout/nfe": self.nfe.float().mean().item(),
-            "rollout/tpf": self.tokens_per_forward.mean().item(),
-        }
+        assert self.nfe_cache is not None and self.edits is not None
+        return metrics.rollout_metrics(
+            self.step_map, self.completion_mask, self.nfe, self.nfe_cache, self.truncated, num_edits=int(self.edits.row.numel())
+        )
+
+    @classmethod
+    def concat(cls, parts: list["Rollout"]) -> "Rollout":
+        """One rollout from several generated for the same recipe (prompts left-padded to one width)."""
+        width = max(p.prompt_ids.shape[1] for p in parts)
+
+        def left_pad(t: Tensor, value: int | bool) -> Tensor:
+            return torch.cat((t.new_full((t.shape[0], width - t.shape[1]), value), t), dim=1)
+
+        offsets = [0]
+        for p in parts[:-1]:
+            offsets.append(offsets[-1] + p.completion_ids.shape[0])
+        names = ("completion_ids", "step_map", "confidence", "logprob", "fixed_mask", "nfe", "sample_ids", "nfe_cache")
+        return cls(
+            prompt_ids=torch.cat([left_pad(p.prompt_ids, int(p.prompt_ids[0, 0])) for p in parts]),
+            prompt_mask=torch.cat([left_pad(p.prompt_mask, False) for p in parts]),
+            stop_token_ids=parts[0].stop_token_ids,
+            edits=EditLog.cat([p.edits for p in parts if p.edits is not None], offsets),
+            **{k: torch.cat([getattr(p, k) for p in parts]) for k in names},
+        )

@@ -1,0 +1,192 @@
+"""The KV-cache manager: what each forward computes, and where its keys and values come from.
+
+Every forward runs a contiguous window of canvas columns ``[start, end)`` as queries. Its post-RoPE
+K/V are written into a per-layer buffer ``[rows, kv_heads, canvas width, head_dim]`` at those
+columns, and attention reads the buffer up to ``key_end``: columns outside the window hold what an
+earlier forward wrote there. A policy decides the window per row:
+
+* :class:`NoCache`: the whole canvas every step (block-causal: up to the last block being decoded).
+* :class:`BidirectionalCache` (LLaDA, Dream): a full refresh forward when a row starts a block
+  (and every ``cache_refresh_steps`` steps), then ``prefix``: the block and everything after it
+  against the cached prefix, or ``dual``: the block alone against the cached prefix and suffix
+  (Fast-dLLM). Approximate, because cached K/V go stale as tokens are committed.
+* :class:`BlockCache` (SDAR, LLaDA2): the current block against the completed blocks. Exact,
+  because a block-causal model's earlier blocks never see later ones. A completed block's clean
+  K/V are stored by the next forward that includes it (the first step of the next block), so
+  storing costs no extra forward.
+
+Windows start ``facts.logit_shift`` columns early so that a shifted model's prediction for the
+block's first column (read from the column before it) is in the window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from diffrl.models.base import ModelFacts
+from diffrl.rollout.config import RolloutConfig
+
+
+@dataclass
+class Window:
+    """One forward: query columns ``[start, end)``, keys ``[0, key_end)``.
+
+    ``writes_cache`` [rows]: the forward (re)computes a row's cached K/V (a refresh, or the store of
+    a completed block), counted apart in the NFE split. ``cached_before`` [rows] (block cache
+    only): keys left of it hold valid cached K/V; other keys outside the window are hidden.
+    """
+
+    start: int
+    end: int
+    key_end: int
+    writes_cache: Tensor
+    cached_before: Tensor | None = None
+
+    def visible(self, index: Tensor) -> Tensor | None:
+        """Key columns rows ``index`` of the window may read [n, key_end], or None when every real
+        key is valid."""
+        if self.cached_before is None:
+            return None
+        cols = torch.arange(self.key_end, device=index.device)
+        return (cols < self.cached_before[index, None]) | ((cols >= self.start) & (cols < self.end))[None, :]
+
+
+class KVBuffer:
+    """The ``KVCache`` the model's attention calls: writes the window, returns the keys to attend.
+
+    ``bind`` says, before each forward, which buffer rows the forward's rows are (``read``) and
+    which buffer rows its K/V go to (``write``, with ``expand`` mapping each written row to a
+    forwarded one when identical rows were forwarded once). None means every buffer row in order,
+    which avoids copies.
+    """
+
+    def __init__(self, num_rows: int, width: int) -> None:
+        self.num_rows, self.width = num_rows, width
+        self.k: dict[int, Tensor] = {}
+        self.v: dict[int, Tensor] = {}
+        self.read: Tensor | None = None
+        self.write: Tensor | None = None
+        self.expand: Tensor | None = None
+        self.start = self.end = self.key_end = 0
+
+    def bind(self, read: Tensor | None, write: Tensor | None, expand: Tensor | None, window: Window) -> None:
+        self.read, self.write, self.expand = read, write, expand
+        self.start, self.end, self.key_end = window.start, window.end, window.key_end
+
+    def _buffers(self, layer_idx: int, k: Tensor) -> tuple[Tensor, Tensor]:
+        if layer_idx not in self.k:
+            shape = (self.num_rows, k.shape[1], self.width, k.shape[3])
+            self.k[layer_idx] = k.new_zeros(shape)
+            self.v[layer_idx] = k.new_zeros(shape)
+        return self.k[layer_idx], self.v[layer_idx]
+
+    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        buf_k, buf_v = self._buffers(layer_idx, k)
+        if self.expand is not None:
+            k, v = k[self.expand], v[self.expand]
+        cols = slice(self.start, self.end)
+        if self.write is None:
+            buf_k[:, :, cols], buf_v[:, :, cols] = k, v
+        else:
+            buf_k[self.write, :, cols], buf_v[self.write, :, cols] = k, v
+        keys = slice(0, self.key_end)
+        if self.read is None:
+            return buf_k[:, :, keys], buf_v[:, :, keys]
+        return buf_k[self.read, :, keys], buf_v[self.read, :, keys]
+
+    def keep(self, rows: Tensor) -> None:
+        """Keep only buffer rows ``rows`` (samples that left the batch free their cache)."""
+        for store in (self.k, self.v):
+            for layer, t in store.items():
+                store[layer] = t[rows]
+        self.num_rows = int(rows.numel())
+
+
+class NoCache:
+    """Every forward runs the canvas from column 0; nothing is kept between forwards."""
+
+    uses_buffer = False
+
+    def __init__(self, facts: ModelFacts, width: int) -> None:
+        self.block_causal = facts.attention == "block_causal"
+        self.width = width
+
+    def plan(self, rows: Tensor, lo: Tensor, block: int, rnd: int) -> list[tuple[Tensor, Window]]:
+        # A block-causal block never sees later columns, so the canvas past it is not needed.
+        end = int((lo + block).max()) if self.block_causal else self.width
+        return [(torch.arange(rows.numel(), device=rows.device), Window(0, end, end, writes_cache=torch.zeros_like(rows, dtype=torch.bool)))]
+
+    def advance(self, rows: Tensor, lo: Tensor, rnd: int) -> None:
+        """Record that ``rows`` ran a forward in round ``rnd`` (nothing to track without a cache)."""
+
+
+class BidirectionalCache:
+    """Fast-dLLM's prefix or dual cache, refreshed per block (and every ``refresh_steps`` steps)."""
+
+    uses_buffer = True
+
+    def __init__(self, mode: str, refresh_steps: int, facts: ModelFacts, num_rows: int, width: int, device: torch.device) -> None:
+        self.mode, self.refresh_steps, self.shift, self.width = mode, refresh_steps, facts.logit_shift, width
+        self.round = torch.full((num_rows,), -1, dtype=torch.long, device=device)
+        self.count = torch.zeros(num_rows, dtype=torch.long, device=device)
+
+    def plan(self, rows: Tensor, lo: Tensor, block: int, rnd: int) -> list[tuple[Tensor, Window]]:
+        fresh_block = self.round[rows] != rnd
+        periodic = (self.count[rows] % self.refresh_steps == 0) if self.refresh_steps else torch.zeros_like(fresh_block)
+        refresh = fresh_block | periodic
+        groups = []
+        if refresh.any():
+            index = refresh.nonzero().squeeze(1)
+            groups.append((index, Window(0, self.width, self.width, writes_cache=torch.ones_like(index, dtype=torch.bool))))
+        if (~refresh).any():
+            index = (~refresh).nonzero().squeeze(1)
+            start = int(lo[index].min()) - self.shift  # rows of a bidirectional batch share one grid
+            end = self.width if self.mode == "prefix" else int((lo[index] + block).max())
+            groups.append((index, Window(start, end, self.width, writes_cache=torch.zeros_like(index, dtype=torch.bool))))
+        return groups
+
+    def advance(self, rows: Tensor, lo: Tensor, rnd: int) -> None:
+        """Count the forward each row of ``rows`` just ran in round ``rnd``."""
+        new = self.round[rows] != rnd
+        self.count[rows] = torch.where(new, 1, self.count[rows] + 1)
+        self.round[rows] = rnd
+
+
+class BlockCache:
+    """The exact cache of completed blocks of a block-causal model."""
+
+    uses_buffer = True
+
+    def __init__(self, facts: ModelFacts, num_rows: int, device: torch.device) -> None:
+        self.shift = facts.logit_shift
+        self.cached_before = torch.zeros(num_rows, dtype=torch.long, device=device)
+
+    def plan(self, rows: Tensor, lo: Tensor, block: int, rnd: int) -> list[tuple[Tensor, Window]]:
+        cached = self.cached_before[rows]
+        # One window from the earliest uncached column to the last block end: rows whose cache
+        # reaches further recompute a few clean columns, which writes the same K/V again.
+        start = max(0, int(cached.min()) - self.shift)
+        end = int((lo + block).max())
+        window = Window(start, end, end, writes_cache=cached < lo, cached_before=cached)
+        return [(torch.arange(rows.numel(), device=rows.device), window)]
+
+    def advance(self, rows: Tensor, lo: Tensor, rnd: int) -> None:
+        """Everything before each row's current block was in the window with its final tokens."""
+        self.cached_before[rows] = lo
+
+
+def make_cache(cfg: RolloutConfig, facts: ModelFacts, num_rows: int, width: int, device: torch.device) -> NoCache | BidirectionalCache | BlockCache:
+    """The cache policy of a rollout, from the recipe and the model's attention kind."""
+    if cfg.kv_cache == "none":
+        return NoCache(facts, width)
+    if facts.attention == "block_causal":
+        if cfg.kv_cache == "dual":
+            raise ValueError(
+                "rollout.kv_cache=dual keeps a stale suffix for bidirectional models; a block-causal model's "
+                "blocks never see their suffix, so use rollout.kv_cache=prefix (the exact completed-block cache)"
+            )
+        return BlockCache(facts, num_rows, device)
+    return BidirectionalCache(cfg.kv_cache, cfg.cache_refresh_steps, facts, num_rows, width, device)

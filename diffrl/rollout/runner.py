@@ -1,0 +1,95 @@
+"""Runs the model on the windows the cache policy plans and returns the current blocks' hidden states.
+
+The model sees only token ids, a 4-D keep-mask built by the model's own ``build_mask`` (so family
+masks live in one place), explicit position ids and the cache. Hidden states are returned for the
+block columns only; logits are computed later and only for the rows that need a decision.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from diffrl.models.base import DiffusionLM
+from diffrl.rollout.cache import BidirectionalCache, BlockCache, KVBuffer, NoCache, Window
+from diffrl.rollout.canvas import Canvas
+
+
+def unique_rows(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Index of one representative per distinct row of ``x`` and each row's representative slot."""
+    _, inverse = torch.unique(x, dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), x.shape[0], dtype=torch.long, device=x.device)
+    first.scatter_reduce_(0, inverse, torch.arange(x.shape[0], device=x.device), reduce="amin")
+    return first, inverse
+
+
+class Runner:
+    """Packs windows of the canvas into forwards and keeps the per-sample forward counts."""
+
+    def __init__(self, model: DiffusionLM, canvas: Canvas, policy: NoCache | BidirectionalCache | BlockCache, num_rows: int) -> None:
+        self.model, self.canvas, self.policy = model, canvas, policy
+        device = canvas.tokens.device
+        self.buffer = KVBuffer(num_rows, canvas.width) if policy.uses_buffer else None
+        # Buffer row of each batch row (-1 once the row has left).
+        self.slot = torch.arange(num_rows, device=device)
+        self.nfe = torch.zeros(num_rows, dtype=torch.long, device=device)
+        self.nfe_cache = torch.zeros(num_rows, dtype=torch.long, device=device)
+        self.forwards = 0
+
+    def block_hidden(self, rows: Tensor, lo: Tensor, block: int, rnd: int) -> Tensor:
+        """Hidden states [len(rows), block, H] at each row's block columns ``lo + arange(block)``."""
+        out: Tensor | None = None
+        for index, window in self.policy.plan(rows, lo, block, rnd):
+            hidden = self._forward(rows[index], window)
+            cols = (lo[index] - window.start)[:, None] + torch.arange(block, device=lo.device)
+            picked = hidden.gather(1, cols[:, :, None].expand(-1, -1, hidden.shape[-1]))
+            if out is None:
+                out = picked.new_empty(rows.numel(), block, picked.shape[-1])
+            out[index] = picked
+            self.nfe[rows[index]] += 1
+            self.nfe_cache[rows[index]] += window.writes_cache.long()
+        self.policy.advance(rows, lo, rnd)
+        assert out is not None, "block_hidden needs at least one row"
+        return out
+
+    def _forward(self, rows: Tensor, window: Window) -> Tensor:
+        """Hidden states [len(rows), end - start, H] of the window's columns."""
+        c, start, end = self.canvas, window.start, window.end
+        local = torch.arange(rows.numel(), device=rows.device)
+        expand = None
+        if self.forwards == 0:
+            # The first forward of a rollout sees prompts and masks only: samples of one prompt
+            # (num_generations) are identical there, so each prompt is run once and expanded.
+            local, expand = unique_rows(torch.cat((c.tokens[rows, :end], c.key_mask[rows, :end].long()), dim=1))
+        self.forwards += 1
+        fwd = rows[local]
+        if self.buffer is None:
+            hidden = self.model(c.tokens[fwd, :end], c.key_mask[fwd, :end])
+        else:
+            q_cols = torch.arange(start, end, device=rows.device)
+            mask = self.model.build_mask(c.key_mask[fwd, : window.key_end], end - start, q_cols)
+            visible = window.visible(local)
+            if visible is not None:
+                mask = mask & visible[:, None, None, :]
+            self.buffer.bind(read=self._slots(fwd), write=self._slots(rows), expand=expand, window=window)
+            hidden = self.model(c.tokens[fwd, start:end], mask, position_ids=c.positions[fwd, start:end], cache=self.buffer)
+        return hidden if expand is None else hidden[expand]
+
+    def _slots(self, rows: Tensor) -> Tensor | None:
+        """Buffer rows of batch rows ``rows``; None when that is every buffer row in order."""
+        slots = self.slot[rows]
+        assert self.buffer is not None
+        if slots.numel() == self.buffer.num_rows and bool((slots == torch.arange(slots.numel(), device=slots.device)).all()):
+            return None
+        return slots
+
+    def drop(self, rows: Tensor) -> None:
+        """Batch rows ``rows`` left the rollout: free their cache rows."""
+        if self.buffer is None or rows.numel() == 0:
+            return
+        keep = self.slot >= 0
+        keep[rows] = False
+        kept = keep.nonzero().squeeze(1)
+        self.buffer.keep(self.slot[kept])
+        self.slot[rows] = -1
+        self.slot[kept] = torch.arange(kept.numel(), device=kept.device)
