@@ -115,7 +115,7 @@ class DeepSpeedConfig:
     # bf16 weights and compute with fp32 master weights in the optimizer (GPU).
     bf16: bool = False
     # Raw DeepSpeed config merged over ours, e.g. {zero_optimization: {offload_optimizer: {device: cpu}}}.
-    config: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] | None = None
 
 
 @dataclass

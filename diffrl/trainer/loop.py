@@ -98,7 +98,11 @@ def setup(cfg: Config, world: World) -> Run:
     peft = None
     frozen = None
     if cfg.trainer.lora.enabled:
-        peft = apply_lora(model, cfg.trainer.lora, lora_targets(model, cfg.model.lora_target_modules), model_dir)
+        # Every rank must draw the same initial adapters (they are sharded or replicated from
+        # each rank's own copy), so the draw ignores the per-rank seed.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.trainer.seed)
+            peft = apply_lora(model, cfg.trainer.lora, lora_targets(model, cfg.model.lora_target_modules), model_dir)
     elif needs_reference:
         # Full fine-tuning keeps a frozen copy of the initial policy as the KL reference.
         frozen = copy.deepcopy(model).requires_grad_(False)

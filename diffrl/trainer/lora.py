@@ -55,14 +55,11 @@ def apply_lora(model: DiffusionLM, cfg: LoraConfig, targets: list[str] | str, ba
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
-    config = PeftLoraConfig(
-        r=cfg.r,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=targets,
-        base_model_name_or_path=str(base_path) if base_path is not None else None,
-    )
-    return get_peft_model(model, config)
+    config = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets)
+    peft_model = get_peft_model(model, config)
+    # Set after wrapping: get_peft_model overwrites it with the model's (absent) hub name.
+    peft_model.peft_config["default"].base_model_name_or_path = str(base_path) if base_path is not None else None
+    return peft_model
 
 
 def save_adapter(peft_model: Any, folder: str | Path, state_dict: dict[str, Tensor]) -> Path:

@@ -149,7 +149,7 @@ def build_strategy(
     ds = trainer.deepspeed
     if trainer.strategy == "deepspeed" and (optim is not None or ds.stage == 3):
         config = deepspeed_config(
-            stage=ds.stage, bf16=ds.bf16, micro_batch_size=trainer.micro_batch_size, max_grad_norm=max_grad_norm, extra=ds.config
+            stage=ds.stage, bf16=ds.bf16, micro_batch_size=trainer.micro_batch_size, max_grad_norm=max_grad_norm, extra=ds.config or {}
         )
         # ZeRO-3 rollouts run on a full replica (see Strategy.generate), copied before partitioning.
         replica = copy.deepcopy(root).requires_grad_(False) if ds.stage == 3 else None
