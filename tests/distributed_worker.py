@@ -6,7 +6,8 @@ A VARIANT is ``name:override;override;...`` (Hydra overrides, e.g. ``zero3:train
 For each variant every rank builds the run from the shared recipe (:func:`recipe`), takes one
 ``rl_step`` and writes into ``OUT/<name>/``: ``metrics.json`` and ``full.pt`` (rank 0: the gathered
 full weights), ``local_rank{r}.pt`` (the full weights as rank r computes with them) and
-``gen_rank{r}.pt`` (a rollout generated through the strategy with the updated weights). The test
+``gen_rank{r}.pt`` (a rollout generated through the strategy with the updated weights), and a
+training checkpoint in ``checkpoints/step_000001`` (DCP or DeepSpeed's format). The test
 compares all of it with one process taking the same step on the same global batch.
 """
 
@@ -94,8 +95,9 @@ def weights_as_seen(run: Any) -> dict[str, torch.Tensor]:
 
 def main(out: Path, model_dir: str, variants: list[str]) -> None:
     from diffrl.rollout.config import RolloutConfig
+    from diffrl.trainer.checkpoint import save_checkpoint
     from diffrl.trainer.distributed import init_distributed, shutdown
-    from diffrl.trainer.loop import generate_in_chunks, rl_step, setup
+    from diffrl.trainer.loop import checkpoint_meta, generate_in_chunks, rl_step, setup
 
     world = init_distributed("cpu")
     try:
@@ -106,6 +108,8 @@ def main(out: Path, model_dir: str, variants: list[str]) -> None:
             run = setup(cfg, world)
             try:
                 metrics = rl_step(run, 0)
+                state = {"scheduler": run.scheduler.state_dict(), "loader": run.loader.state_dict()}
+                save_checkpoint(folder / "checkpoints", 1, run.policy, state, checkpoint_meta(run))
                 full = run.policy.full_state_dict()
                 torch.save(weights_as_seen(run), folder / f"local_rank{world.rank}.pt")
                 prompt_ids, prompt_mask, sample_ids = probe_prompts(run, world.rank)

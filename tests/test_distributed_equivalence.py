@@ -1,5 +1,6 @@
 """FSDP2, DeepSpeed ZeRO-2 and ZeRO-3 (and LoRA under FSDP2) on 2 real torchrun ranks take the same
-RL step as one process on the same global batch, and roll out with the updated full weights.
+RL step as one process on the same global batch, roll out with the updated full weights, and
+write checkpoints that export to that model.
 
 The comparison is exact in math: the two ranks' prompts are the halves of the one-process batch,
 every random draw is keyed by sample id (same completions, same estimator masks), the loss is
@@ -50,6 +51,7 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 def test_sharded_steps_equal_the_one_process_step(tmp_path: Path) -> None:
     from diffrl.models import load_pretrained
     from diffrl.rollout.config import RolloutConfig
+    from diffrl.trainer.export import checkpoint_model
     from diffrl.trainer.loop import generate_in_chunks
 
     reference = {"full": one_process_step(tmp_path / "single"), "lora": one_process_step(tmp_path / "single_lora", "trainer.lora.enabled=true", "trainer.lora.r=4")}
@@ -83,10 +85,7 @@ def test_sharded_steps_equal_the_one_process_step(tmp_path: Path) -> None:
         # What the strategy rolls out with is the updated full model: one plain process with
         # those weights generates the same tokens with the same log-probs.
         plain = load_pretrained(model_dir)
-        if "lora" in name:
-            plain = _with_lora(plain, full)
-        else:
-            plain.load_state_dict(full)
+        peft = _with_lora(plain, full) if "lora" in name else plain.load_state_dict(full)
         probe = RolloutConfig(max_completion_length=8, block_length=4, steps=8, temperature=1.0, stop_at_eos=True, seed=5)
         gen_diff = 0.0
         for rank in range(2):
@@ -95,6 +94,11 @@ def test_sharded_steps_equal_the_one_process_step(tmp_path: Path) -> None:
             assert torch.equal(again.completion_ids, gen["completion_ids"]), (name, rank)
             gen_diff = max(gen_diff, (again.logprob - gen["logprob"]).abs().max().item())
         assert gen_diff < 1e-5, (name, gen_diff)
+
+        # The training checkpoint (adapters only for LoRA) exports to the same model.
+        exported = checkpoint_model(folder / "checkpoints" / "step_000001").state_dict()
+        merged = peft.merge_and_unload().state_dict() if "lora" in name else full
+        assert max_diff(exported, merged) < 1e-6, name
         report[name] = {"weights": weights_diff, "grad_norm": abs(metrics["actor/grad_norm"] - single_metrics["actor/grad_norm"]), "rollout_logprob": gen_diff}
     print("largest differences to one process:", json.dumps(report, indent=1))
 
@@ -103,6 +107,6 @@ def _with_lora(model, full: dict[str, torch.Tensor]):
     from diffrl.trainer.config import LoraConfig
     from diffrl.trainer.lora import apply_lora, lora_targets
 
-    apply_lora(model, LoraConfig(enabled=True, r=4), lora_targets(model))
+    peft = apply_lora(model, LoraConfig(enabled=True, r=4), lora_targets(model))
     model.load_state_dict(full)
-    return model
+    return peft

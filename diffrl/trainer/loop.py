@@ -356,8 +356,13 @@ def checkpoint_meta(run: Run) -> dict[str, Any]:
         "model_dir": str(run.model_dir.resolve()),
         "dtype": run.cfg.model.dtype,
         "strategy": run.cfg.trainer.strategy,
-        "lora": {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "targets": run.peft.peft_config["default"].target_modules} if run.peft else None,
+        "lora": {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "targets": _json_targets(run.peft)} if run.peft else None,
     }
+
+
+def _json_targets(peft: Any) -> list[str] | str:
+    targets = peft.peft_config["default"].target_modules  # peft keeps a list as a set
+    return targets if isinstance(targets, str) else sorted(targets)
 
 
 def save_final(run: Run) -> None:

@@ -69,14 +69,21 @@ def save_adapter(peft_model: Any, folder: str | Path, state_dict: dict[str, Tens
     return Path(folder)
 
 
-def merge_adapter(adapter_dir: str | Path, base_dir: str | Path | None = None, *, dtype: str = "auto") -> DiffusionLM:
-    """The base model with a peft adapter folder merged into its weights (plain module names, so
-    ``save_pretrained`` writes the published layout). ``base_dir`` defaults to the base recorded
-    in the adapter config."""
-    from peft import PeftConfig, PeftModel
+def adapter_base(adapter_dir: str | Path, base_dir: str | Path | None = None) -> str:
+    """``base_dir``, or the base checkpoint folder recorded in the adapter's config."""
+    from peft import PeftConfig
 
     base = base_dir or PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path
     if not base:
         raise ValueError(f"{adapter_dir}/adapter_config.json records no base model; pass the base checkpoint folder")
-    model = load_pretrained(base, dtype=dtype)
+    return str(base)
+
+
+def merge_adapter(adapter_dir: str | Path, base_dir: str | Path | None = None, *, dtype: str = "auto") -> DiffusionLM:
+    """The base model with a peft adapter folder merged into its weights (plain module names, so
+    ``save_pretrained`` writes the published layout). ``base_dir`` defaults to the base recorded
+    in the adapter config."""
+    from peft import PeftModel
+
+    model = load_pretrained(adapter_base(adapter_dir, base_dir), dtype=dtype)
     return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
