@@ -222,11 +222,5 @@ def check_trainer(cfg: TrainerConfig) -> None:
             raise ValueError(f"trainer.fsdp.{name}={value!r} is not one of {', '.join(DTYPES)} or null")
     if cfg.deepspeed.stage not in (2, 3):
         raise ValueError(f"trainer.deepspeed.stage={cfg.deepspeed.stage} is not supported; use 2 or 3")
-    if cfg.strategy == "deepspeed" and cfg.warm_start.steps:
-        raise ValueError(
-            "trainer.warm_start needs its own optimizer, which a DeepSpeed engine cannot swap in; "
-            "set trainer.warm_start.steps=0 (or run trainer.mode=sft first and start from its export), "
-            "or use trainer.strategy=single/fsdp2"
-        )
     if cfg.lora.enabled and cfg.lora.r <= 0:
         raise ValueError(f"trainer.lora.r={cfg.lora.r} must be positive")

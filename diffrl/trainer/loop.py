@@ -20,7 +20,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from diffrl.trainer.config import Config
 from diffrl.trainer.distributed import World, all_gather_rows, all_reduce_sum, all_reduce_sums, init_distributed
 from diffrl.trainer.logger import MetricLogger
 from diffrl.trainer.lora import apply_lora, lora_targets, merge_adapter, save_adapter
-from diffrl.trainer.optim import build_optimizer
+from diffrl.trainer.optim import lr_multiplier
 from diffrl.trainer.plots import plot_reward_curve
 from diffrl.trainer.sft import sft_batch, sft_step
 from diffrl.trainer.strategy import Strategy, build_strategy, copy_weights
@@ -330,22 +330,31 @@ def sft_train_step(run: Run, step: int) -> dict[str, float]:
 
 
 def warm_start(run: Run) -> dict[str, float]:
-    """Supervised masked-diffusion steps on the task's reference responses before RL, with their
-    own optimizer and warmup + cosine schedule (the RL optimizer starts fresh afterwards)."""
+    """Supervised masked-diffusion steps on the task's reference responses before RL.
+
+    They run through the RL strategy and optimizer (a DeepSpeed engine owns its optimizer) on
+    their own learning rate, warmup then cosine decay; afterwards the optimizer state is cleared
+    and the RL rates restored, so RL starts exactly as with a fresh optimizer.
+    """
     cfg, world = run.cfg, run.world
     ws = cfg.trainer.warm_start
-    # Warmup then cosine decay: a constant high rate leaves tiny models at uneven quality.
-    schedule = replace(cfg.optim, lr=ws.lr, warmup_steps=max(1, ws.steps // 20), lr_schedule="cosine", min_lr_ratio=0.1)
-    optimizer, scheduler = build_optimizer(run.policy.root, schedule, ws.steps)
-    strategy = replace(run.policy, optimizer=optimizer)
+    optimizer = run.policy.optimizer
+    assert optimizer is not None
+    rl_rates = [group["lr"] for group in optimizer.param_groups]
     loader = PromptLoader(run.task.train_rows, ws.batch_size, seed=cfg.trainer.seed + 1, rank=world.rank, world_size=world.world_size)
     losses = []
-    strategy.train(True)
+    run.policy.train(True)
     for step in range(ws.steps):
+        # Warmup then cosine decay: a constant high rate leaves tiny models at uneven quality.
+        lr = ws.lr * lr_multiplier(step, warmup_steps=max(1, ws.steps // 20), total_steps=ws.steps, schedule="cosine", min_lr_ratio=0.1)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         batch = supervised_batch(run, loader.next_batch(), step)
-        metrics = sft_step(strategy, batch, int(counter_hash(cfg.trainer.seed, step, 7)), micro_batch_size=cfg.trainer.micro_batch_size, global_size=ws.batch_size)
-        scheduler.step()
+        metrics = sft_step(run.policy, batch, int(counter_hash(cfg.trainer.seed, step, 7)), micro_batch_size=cfg.trainer.micro_batch_size, global_size=ws.batch_size)
         losses.append(metrics["sft/loss"])
+    optimizer.state.clear()
+    for group, rate in zip(optimizer.param_groups, rl_rates):
+        group["lr"] = rate
     return {"warm_start/loss_first": losses[0], "warm_start/loss_last": sum(losses[-10:]) / len(losses[-10:])}
 
 
