@@ -5,7 +5,7 @@
 A VARIANT is ``name:override;override;...`` (Hydra overrides, e.g. ``zero3:trainer=deepspeed_zero3``).
 For each variant every rank builds the run from the shared recipe (:func:`recipe`), takes one
 ``rl_step`` and writes into ``OUT/<name>/``: ``metrics.json`` and ``full.pt`` (rank 0: the gathered
-full weights), ``local_rank{r}.pt`` (the full weights as rank r computes with them) and
+full weights), ``local_rank{r}.pt`` (the full weights rank r rolls out with) and
 ``gen_rank{r}.pt`` (a rollout generated through the strategy with the updated weights), and a
 training checkpoint in ``checkpoints/step_000001`` (DCP or DeepSpeed's format). The test
 compares all of it with one process taking the same step on the same global batch.
@@ -76,21 +76,9 @@ def probe_prompts(run: Any, rank: int) -> tuple[torch.Tensor, torch.Tensor, torc
     return prompt_ids.repeat_interleave(2, 0), prompt_mask.repeat_interleave(2, 0), torch.arange(6) + 1000 * (rank + 1)
 
 
-def weights_as_seen(run: Any) -> dict[str, torch.Tensor]:
-    """The full weights this rank computes with: its own copy (replicated strategies), or the
-    gathered parameters (sharded ones)."""
-    from torch.distributed.tensor import DTensor
-
-    root = run.policy.root
-    if run.policy.replica is not None:
-        from diffrl.trainer.strategy import refresh_replica
-
-        refresh_replica(root, run.policy.replica)
-        root = run.policy.replica
-    return {
-        n.removeprefix("model."): (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone()
-        for n, p in root.named_parameters()
-    }
+def named_weights(model: Any) -> dict[str, torch.Tensor]:
+    """Every parameter of ``model`` as it is inside a call (gathered, for sharded strategies)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
 def main(out: Path, model_dir: str, variants: list[str]) -> None:
@@ -111,7 +99,8 @@ def main(out: Path, model_dir: str, variants: list[str]) -> None:
                 state = {"scheduler": run.scheduler.state_dict(), "loader": run.loader.state_dict()}
                 save_checkpoint(folder / "checkpoints", 1, run.policy, state, checkpoint_meta(run))
                 full = run.policy.full_state_dict()
-                torch.save(weights_as_seen(run), folder / f"local_rank{world.rank}.pt")
+                # The full weights this rank rolls out with.
+                torch.save(run.policy.generate(named_weights), folder / f"local_rank{world.rank}.pt")
                 prompt_ids, prompt_mask, sample_ids = probe_prompts(run, world.rank)
                 probe = RolloutConfig(max_completion_length=8, block_length=4, steps=8, temperature=1.0, stop_at_eos=True, seed=5)
                 gen = run.policy.generate(generate_in_chunks, prompt_ids, prompt_mask, sample_ids, probe, 6)

@@ -36,7 +36,7 @@ class Strategy:
     optimizer: torch.optim.Optimizer | None = None
     max_grad_norm: float = 0.0
     engine: Any = None
-    # ZeRO-3 only: a full copy of the root that rollouts run on (see ``generate``).
+    # ZeRO-3 only: the root's structure on the meta device, materialised for rollouts (``generate``).
     replica: Root | None = None
     # FSDP2 only: what the blocks go back to after a rollout.
     reshard_after_forward: bool = True
@@ -61,15 +61,19 @@ class Strategy:
         Sharded weights are gathered by collectives that every rank must join equally often, so
         a rollout cannot gather per layer at each forward. FSDP2 gathers every block once before
         the rollout and frees them after (one all-gather per block per rollout; the full weights
-        in ``param_dtype`` are held meanwhile). ZeRO-3 refreshes a full replica from the
-        partitions one module at a time. Unsharded strategies call the model as is.
+        in ``param_dtype`` are held meanwhile). ZeRO-3 fills a full replica from the partitions
+        one module at a time and frees it after. Unsharded strategies call the model as is.
         """
         with torch.no_grad():
             if self.name == "fsdp2":
                 return self._generate_unsharded(fn, *args)
             if self.replica is not None:
-                refresh_replica(self.root, self.replica)
-                return self.replica(fn, *args)
+                self.replica.to_empty(device=next(self.root.parameters()).device)
+                try:
+                    refresh_replica(self.root, self.replica)
+                    return self.replica(fn, *args)
+                finally:
+                    self.replica.to("meta")  # frees it until the next rollout
             return self(fn, *args)
 
     def _generate_unsharded(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -151,8 +155,8 @@ def build_strategy(
         config = deepspeed_config(
             stage=ds.stage, bf16=ds.bf16, micro_batch_size=trainer.micro_batch_size, max_grad_norm=max_grad_norm, extra=ds.config or {}
         )
-        # ZeRO-3 rollouts run on a full replica (see Strategy.generate), copied before partitioning.
-        replica = copy.deepcopy(root).requires_grad_(False) if ds.stage == 3 else None
+        # ZeRO-3 rollouts run on a full replica (see Strategy.generate), shaped before partitioning.
+        replica = copy.deepcopy(root).requires_grad_(False).to("meta") if ds.stage == 3 else None
         if replica is not None and ds.bf16:
             replica.to(torch.bfloat16)
         engine = apply_deepspeed(root, optimizer, config)
@@ -172,8 +176,8 @@ def copy_weights(src: Strategy, dst: Strategy) -> None:
 
 
 def refresh_replica(root: nn.Module, replica: nn.Module) -> None:
-    """Copy ZeRO-3 partitioned weights into a full replica, gathering one module at a time (every
-    rank gathers the same modules in the same order, so the collectives match)."""
+    """Copy ZeRO-3 partitioned weights (and buffers) into a full replica, gathering one module at
+    a time (every rank gathers the same modules in the same order, so the collectives match)."""
     import deepspeed
 
     target = dict(replica.named_parameters())
@@ -184,6 +188,10 @@ def refresh_replica(root: nn.Module, replica: nn.Module) -> None:
         with deepspeed.zero.GatheredParameters(list(params.values())):
             for pname, param in params.items():
                 target[f"{name}.{pname}" if name else pname].copy_(param)
+    # Buffers are never partitioned.
+    buffers = dict(replica.named_buffers())
+    for name, buffer in root.named_buffers():
+        buffers[name].copy_(buffer)
 
 
 def clip_grad_norm(parameters: Iterable[Tensor], max_norm: float) -> float:
