@@ -53,6 +53,10 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -82,7 +86,7 @@ def save_checkpoint(root: str | Path, step: int, strategy: Strategy, trainer_sta
     else:
         model_sd, optim_sd = get_state_dict(strategy.root, strategy.optimizer, options=_TRAINABLE)  # type: ignore[arg-type]
         _quiet_dcp(dcp.save, {"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "dcp"))
-    torch.save({**trainer_state, "step": step, "rng": rng_state()}, tmp / f"trainer_state_rank{_rank()}.pt")
+    torch.save({**trainer_state, "step": step, "world_size": _world_size(), "rng": rng_state()}, tmp / f"trainer_state_rank{_rank()}.pt")
     _barrier()
     if _rank() == 0:
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
@@ -107,6 +111,13 @@ def load_checkpoint(path: str | Path, strategy: Strategy) -> dict[str, Any]:
     path = Path(path)
     if not (path / COMPLETE).exists():
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no {COMPLETE} marker)")
+    state_file = path / f"trainer_state_rank{_rank()}.pt"
+    trainer_state = torch.load(state_file, weights_only=False) if state_file.exists() else {}
+    if trainer_state.get("world_size") != _world_size():
+        raise ValueError(
+            f"{path} was written by {trainer_state.get('world_size', 'fewer')} ranks and this run has {_world_size()}; "
+            "resume with the same number of ranks, or set trainer.resume=never"
+        )
     if strategy.engine is not None:
         if not (path / DS_TAG).is_dir():
             raise FileNotFoundError(f"{path} was not written by trainer.strategy=deepspeed; resume it with the strategy that wrote it")
@@ -115,10 +126,6 @@ def load_checkpoint(path: str | Path, strategy: Strategy) -> dict[str, Any]:
         if not (path / "dcp").is_dir():
             raise FileNotFoundError(f"{path} was written by trainer.strategy=deepspeed; resume it with that strategy")
         load_model_state(path, strategy.root, strategy.optimizer)
-    world_file = path / f"trainer_state_rank{_rank()}.pt"
-    if not world_file.exists():
-        raise FileNotFoundError(f"{world_file} is missing: {path} was written by a different number of ranks")
-    trainer_state = torch.load(world_file, weights_only=False)
     set_rng_state(trainer_state.pop("rng"))
     return trainer_state
 
