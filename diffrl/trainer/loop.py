@@ -272,30 +272,39 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
         lr = run.scheduler.get_last_lr()[0]
         run.scheduler.step()
 
-    sums["weight_total"] = weights.sum().item()
-    sums["tokens"] = batch.completion_mask.sum().item()
-    sums["truncated_prompts"] = truncated_prompts
-    totals = all_reduce_sums(dict(sums), world.device)
-    weight_total = totals.pop("weight_total") or 1.0
-    tokens = totals.pop("tokens")
-    metrics = {k: v / weight_total for k, v in totals.items() if k.startswith("actor/")}
+    metrics = global_metrics(run, rollout, rewards, advantages, weights, truncated_prompts, sums)
     metrics.update({"actor/grad_norm": grad_norm, "actor/lr": lr})
-    metrics.update(gather_rewards(rewards, world.device).metrics())
-    metrics.update(gather_rollout(rollout, world.device).metrics())
-    all_adv = all_gather_rows(advantages, world.device)
+    timings["timing_s/step"] = time.perf_counter() - start
+    metrics.update(timings)
+    tokens = metrics.pop("tokens")
+    metrics["perf/throughput"] = tokens / timings["timing_s/step"]
+    metrics["perf/gen_tokens_per_s"] = tokens / max(timings["timing_s/gen"], 1e-9)
+    run.last_samples = sample_rows(run, rollout, completions, rewards)
+    return metrics
+
+
+def global_metrics(
+    run: Run, rollout: Rollout, rewards: RewardBatch, advantages: Tensor, weights: Tensor, truncated_prompts: int, sums: dict[str, float]
+) -> dict[str, float]:
+    """The step's metrics over every rank's samples (``sums``: this rank's weighted actor sums),
+    plus ``tokens``, the global completion-token count."""
+    device = run.world.device
+    local = {**sums, "weight_total": weights.sum().item(), "tokens": rollout.completion_mask.sum().item(), "truncated_prompts": truncated_prompts}
+    totals = all_reduce_sums(local, device)
+    weight_total = totals.pop("weight_total") or 1.0
+    metrics = {k: v / weight_total for k, v in totals.items() if k.startswith("actor/")}
+    metrics.update(gather_rewards(rewards, device).metrics())
+    metrics.update(gather_rollout(rollout, device).metrics())
+    all_adv = all_gather_rows(advantages, device)
     metrics.update(
         {
             "critic/advantages/mean": all_adv.mean().item(),
             "critic/advantages/max": all_adv.max().item(),
             "critic/advantages/min": all_adv.min().item(),
-            "prompt_length/clip_ratio": totals["truncated_prompts"] / cfg.trainer.batch_size,
+            "prompt_length/clip_ratio": totals["truncated_prompts"] / run.cfg.trainer.batch_size,
+            "tokens": totals["tokens"],
         }
     )
-    timings["timing_s/step"] = time.perf_counter() - start
-    metrics.update(timings)
-    metrics["perf/throughput"] = tokens / timings["timing_s/step"]
-    metrics["perf/gen_tokens_per_s"] = tokens / max(timings["timing_s/gen"], 1e-9)
-    run.last_samples = sample_rows(run, rollout, completions, rewards)
     return metrics
 
 

@@ -18,8 +18,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from diffrl.models.base import DiffusionLM
-from diffrl.trainer.distributed import sync_gradients
 from diffrl.trainer.config import Config, OptimConfig
+from diffrl.trainer.distributed import sync_gradients
 from diffrl.trainer.optim import build_optimizer
 from diffrl.trainer.parallelize import Root, apply_deepspeed, deepspeed_config, parallelize
 
