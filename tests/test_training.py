@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
 import torch
 
 from diffrl.algorithms import PolicyBatch, build_algorithm
@@ -40,7 +43,11 @@ def test_diffu_grpo_steps_lower_the_surrogate_and_change_every_weight(tiny_llada
     assert (delta[adv > 0] > 0).all() and (delta[adv < 0] < 0).all()
 
 
-def test_masked_diffusion_sft_lowers_its_loss(tiny_llada) -> None:
+@pytest.mark.parametrize("attention", ["bidirectional", "block_causal"])
+def test_masked_diffusion_sft_lowers_its_loss(tiny_llada, attention: str) -> None:
+    # block_causal: the same weights under block-causal attention (block 4), which switches the
+    # loss to per-block masking rates and the two-stream [x_t ; x_0] input.
+    tiny_llada.facts = replace(tiny_llada.facts, attention=attention, block_size=4)
     model = tiny_llada.train()
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, 500, (8, 4), generator=gen)

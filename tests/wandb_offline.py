@@ -36,13 +36,14 @@ def _frames(data: bytes) -> Iterator[bytes]:
 
 
 def read_offline_run(run_file: Path) -> dict[str, Any]:
-    """History rows (key -> JSON text), the run config's top-level keys, and record counts."""
+    """History rows (key -> JSON text), the run config's top-level keys and the run id."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     data = run_file.read_bytes()
     assert data[:4] == b":W&B", f"{run_file} is not a W&B run file"
     history: list[dict[str, str]] = []
     config_keys: list[str] = []
+    run_id = ""
     for frame in _frames(data):
         record = pb.Record()
         record.ParseFromString(frame)
@@ -51,4 +52,5 @@ def read_offline_run(run_file: Path) -> dict[str, Any]:
             history.append({"/".join(item.nested_key) or item.key: item.value_json for item in record.history.item})
         elif kind == "run":
             config_keys = [u.key for u in record.run.config.update]
-    return {"history": history, "config_keys": config_keys}
+            run_id = record.run.run_id
+    return {"history": history, "config_keys": config_keys, "run_id": run_id}

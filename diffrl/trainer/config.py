@@ -34,6 +34,9 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     # Seed of a fresh model's random weights.
     init_seed: int = 0
+    # LoRA target modules: leaf names of linear layers inside the transformer blocks (null = the
+    # family's ``lora_target_modules``, else every linear layer in the blocks; never the LM head).
+    lora_target_modules: list[str] | None = None
 
     def overrides(self) -> FactOverrides:
         return FactOverrides(
@@ -94,6 +97,38 @@ class WarmStartConfig:
 
 
 @dataclass
+class FSDPConfig:
+    # Dtype the blocks compute in (gathered weights); null = the parameters' own dtype.
+    # bfloat16 on GPU with float32 parameters gives fp32 master weights and optimizer state.
+    param_dtype: str | None = None
+    # Dtype gradients are reduced in across ranks (null = param_dtype).
+    reduce_dtype: str | None = "float32"
+    # Free each block's gathered weights after its forward: less memory, one more all-gather per
+    # block in backward and in every rollout step.
+    reshard_after_forward: bool = True
+
+
+@dataclass
+class DeepSpeedConfig:
+    # ZeRO stage: 2 (optimizer state and gradients sharded) or 3 (parameters too).
+    stage: int = 2
+    # bf16 weights and compute with fp32 master weights in the optimizer (GPU).
+    bf16: bool = False
+    # Raw DeepSpeed config merged over ours, e.g. {zero_optimization: {offload_optimizer: {device: cpu}}}.
+    config: dict[str, Any] | None = None
+
+
+@dataclass
+class LoraConfig:
+    # Train low-rank adapters (peft) instead of every weight; the KL reference is the base model
+    # with the adapter disabled.
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+
+
+@dataclass
 class WandbConfig:
     enabled: bool = True
     project: str = "diffrl"
@@ -107,9 +142,17 @@ class WandbConfig:
 class TrainerConfig:
     # Run folder: checkpoints, metrics.jsonl, W&B files, plots, final model.
     output_dir: str = "runs/default"
-    # RL steps (one rollout batch each).
+    # rl (rollout -> reward -> policy update) or sft (masked-diffusion cross-entropy on
+    # task.sft_response_field); both run the same loop.
+    mode: str = "rl"
+    # single (no sharding: one process, or replicated weights under torchrun), fsdp2 or deepspeed.
+    strategy: str = "single"
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    # Training steps (one rollout batch, or one SFT batch, each).
     total_steps: int = 100
-    # Prompts per step over all ranks; each gets algorithm.num_generations samples.
+    # Prompts per step over all ranks; each gets algorithm.num_generations samples (sft: examples).
     batch_size: int = 8
     # Samples per forward/backward pass.
     micro_batch_size: int = 16
@@ -124,6 +167,10 @@ class TrainerConfig:
     resume: str = "auto"
     # Print a progress bar with reward, step time and ETA.
     progress_bar: bool = True
+    # Log a W&B table of a few prompts, completions and rewards every N steps (0 = never).
+    log_samples_every: int = 10
+    # How many samples that table shows (rank 0's first ones).
+    log_samples_count: int = 4
     # Write a PNG of the reward curve into the run folder at the end.
     plot: bool = True
     wandb: WandbConfig = field(default_factory=WandbConfig)
@@ -154,4 +201,26 @@ def to_config(cfg: DictConfig | dict[str, Any]) -> Config:
     rest = OmegaConf.merge(OmegaConf.structured(Config), {k: v for k, v in raw.items() if k != "algorithm"})
     config: Config = OmegaConf.to_object(rest)  # type: ignore[assignment]
     config.algorithm = algorithm
+    check_trainer(config.trainer)
     return config
+
+
+MODES = ("rl", "sft")
+STRATEGIES = ("single", "fsdp2", "deepspeed")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_trainer(cfg: TrainerConfig) -> None:
+    """Reject trainer settings that cannot run, naming the field and the fix."""
+    if cfg.mode not in MODES:
+        raise ValueError(f"trainer.mode={cfg.mode!r} is not one of {', '.join(MODES)}")
+    if cfg.strategy not in STRATEGIES:
+        raise ValueError(f"trainer.strategy={cfg.strategy!r} is not one of {', '.join(STRATEGIES)}")
+    for name in ("param_dtype", "reduce_dtype"):
+        value = getattr(cfg.fsdp, name)
+        if value is not None and value not in DTYPES:
+            raise ValueError(f"trainer.fsdp.{name}={value!r} is not one of {', '.join(DTYPES)} or null")
+    if cfg.deepspeed.stage not in (2, 3):
+        raise ValueError(f"trainer.deepspeed.stage={cfg.deepspeed.stage} is not supported; use 2 or 3")
+    if cfg.lora.enabled and cfg.lora.r <= 0:
+        raise ValueError(f"trainer.lora.r={cfg.lora.r} must be positive")

@@ -48,6 +48,26 @@ def all_reduce_sum(value: float | torch.Tensor, device: torch.device) -> torch.T
     return t
 
 
+def all_reduce_sums(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Each value summed over ranks, in one collective."""
+    if not values:
+        return {}
+    total = all_reduce_sum(torch.tensor(list(values.values()), dtype=torch.float64), device)
+    return dict(zip(values, total.tolist()))
+
+
+def all_gather_rows(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Every rank's ``t`` concatenated along dim 0, rank order (same shape on every rank)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return t
+    # gloo gathers no bool tensors; bytes carry them.
+    send = (t.to(torch.uint8) if t.dtype == torch.bool else t).to(device).contiguous()
+    parts = [torch.empty_like(send) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, send)
+    out = torch.cat(parts)
+    return out.bool() if t.dtype == torch.bool else out
+
+
 def sync_gradients(model: nn.Module) -> None:
     """Sum gradients over ranks (losses are already normalised by global counts)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:

@@ -58,12 +58,23 @@ class MetricLogger:
         if self.run is not None:
             self.run.log(metrics, step=step)
         if self.bar is not None:
+            headline = {"reward": metrics["critic/score/mean"]} if "critic/score/mean" in metrics else {"loss": metrics.get("sft/loss", float("nan"))}
             self.bar.set_postfix(
-                reward=f"{metrics.get('critic/score/mean', float('nan')):.3f}",
+                **{k: f"{v:.3f}" for k, v in headline.items()},
                 step_s=f"{metrics.get('timing_s/step', float('nan')):.2f}",
                 refresh=False,
             )
             self.bar.update(1)
+
+    def log_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
+        """A W&B table of a few samples (prompt, completion, reward) under ``samples``."""
+        if self.run is None or not samples:
+            return
+        import wandb
+
+        columns = ["step", *samples[0]]
+        table = wandb.Table(columns=columns, data=[[step, *s.values()] for s in samples])
+        self.run.log({"samples": table}, step=step)
 
     def write(self, text: str) -> None:
         """Print a line without breaking the progress bar."""

@@ -1,18 +1,26 @@
 """The training loop: rollout -> rewards -> advantages -> num_iterations updates -> metrics -> checkpoint.
 
-One readable loop for every algorithm and family. Parallelism and LoRA are applied to the model
-before the loop starts; the loop itself only sums gradients over ranks.
+One readable loop for every algorithm, family and strategy (``trainer.mode=sft`` swaps the RL
+step for a supervised one). Parallelism and LoRA are applied to the model in :func:`setup`; the
+steps call the model only through ``run.policy`` (:class:`~diffrl.trainer.strategy.Strategy`):
+``run.policy(fn, *args)`` runs ``fn(model, *args)``, ``backward`` and ``step`` finish the update.
+
+Rollout under sharding: every rank generates its own prompts' samples with the current weights
+(``Strategy.generate``); the ``num_generations`` samples of a prompt stay on one rank, so group
+advantages need no communication. Losses are normalised by global token/sequence counts and
+gradients summed over ranks, so N ranks take the one-process step on the same global batch.
+Logged metrics describe the global batch (gathered or all-reduced before rank 0 logs them).
 """
 
 from __future__ import annotations
 
 import copy
-import logging
+import json
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +31,23 @@ from torch import Tensor
 from diffrl.algorithms import Algorithm, PolicyBatch, build_algorithm
 from diffrl.algorithms.estimators import TokenScores
 from diffrl.algorithms.losses import token_weights
-from diffrl.algorithms.sft import masked_diffusion_loss
 from diffrl.data import PromptEncoder, PromptLoader
 from diffrl.models import DiffusionLM, load_pretrained, save_pretrained
 from diffrl.rewards import RewardRunner
+from diffrl.rewards.registry import RewardBatch
 from diffrl.rng import counter_hash
 from diffrl.rollout import RolloutConfig, generate
 from diffrl.rollout.trajectory import Rollout
 from diffrl.trainer.build import TaskData, load_tokenizer, prepare_model_folder, prepare_task
 from diffrl.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from diffrl.trainer.config import Config
-from diffrl.trainer.distributed import World, all_reduce_sum, init_distributed, sync_gradients
+from diffrl.trainer.distributed import World, all_gather_rows, all_reduce_sum, all_reduce_sums, init_distributed
 from diffrl.trainer.logger import MetricLogger
-from diffrl.trainer.optim import build_optimizer
+from diffrl.trainer.lora import apply_lora, lora_targets, merge_adapter, save_adapter
+from diffrl.trainer.optim import lr_multiplier
 from diffrl.trainer.plots import plot_reward_curve
-
-log = logging.getLogger(__name__)
+from diffrl.trainer.sft import sft_batch, sft_step
+from diffrl.trainer.strategy import Strategy, build_strategy, copy_weights
 
 
 @contextmanager
@@ -56,16 +65,24 @@ class Run:
     world: World
     run_dir: Path
     model_dir: Path
-    model: DiffusionLM
-    reference: DiffusionLM | None
+    policy: Strategy
+    # Calls fn(model, *args) under the KL reference's weights (None when beta = 0).
+    reference: Callable[..., Any] | None
+    # The PeftModel owning the adapters of a LoRA run.
+    peft: Any | None
     tokenizer: Any
     algorithm: Algorithm
-    optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     loader: PromptLoader
     encoder: PromptEncoder
     rewards: RewardRunner
     task: TaskData
+    # A few of the latest step's samples as text (RL), for the W&B samples table.
+    last_samples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def model(self) -> DiffusionLM:
+        return self.policy.model
 
 
 def setup(cfg: Config, world: World) -> Run:
@@ -76,11 +93,25 @@ def setup(cfg: Config, world: World) -> Run:
     model_dir = prepare_model_folder(cfg.model, task, run_dir, world)
     tokenizer = load_tokenizer(model_dir)
     model = load_pretrained(model_dir, dtype=cfg.model.dtype, device=world.device, overrides=cfg.model.overrides())
-    model.gradient_checkpointing = cfg.model.gradient_checkpointing
     algorithm = build_algorithm(cfg.algorithm)
-    # The KL reference is the initial policy, frozen.
-    reference = copy.deepcopy(model).eval().requires_grad_(False) if cfg.algorithm.beta > 0 else None
-    optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.trainer.total_steps)
+    needs_reference = cfg.trainer.mode == "rl" and cfg.algorithm.beta > 0
+    peft = None
+    frozen = None
+    if cfg.trainer.lora.enabled:
+        # Every rank must draw the same initial adapters (they are sharded or replicated from
+        # each rank's own copy), so the draw ignores the per-rank seed.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.trainer.seed)
+            peft = apply_lora(model, cfg.trainer.lora, lora_targets(model, cfg.model.lora_target_modules), model_dir)
+    elif needs_reference:
+        # Full fine-tuning keeps a frozen copy of the initial policy as the KL reference.
+        frozen = copy.deepcopy(model).requires_grad_(False)
+    policy, scheduler = build_strategy(model, cfg, optim=cfg.optim, total_steps=cfg.trainer.total_steps)
+    reference: Callable[..., Any] | None = None
+    if needs_reference and peft is not None:
+        reference = _adapter_disabled(peft, policy)
+    elif frozen is not None:
+        reference, _ = build_strategy(frozen, cfg, optim=None)
     loader = PromptLoader(task.train_rows, cfg.trainer.batch_size, seed=cfg.trainer.seed, rank=world.rank, world_size=world.world_size)
     encoder = PromptEncoder(
         tokenizer,
@@ -89,7 +120,18 @@ def setup(cfg: Config, world: World) -> Run:
         system_prompt=cfg.task.system_prompt,
         prompt_prefix=cfg.task.prompt_prefix,
     )
-    return Run(cfg, world, run_dir, model_dir, model, reference, tokenizer, algorithm, optimizer, scheduler, loader, encoder, RewardRunner(cfg.task.rewards), task)
+    assert scheduler is not None
+    return Run(cfg, world, run_dir, model_dir, policy, reference, peft, tokenizer, algorithm, scheduler, loader, encoder, RewardRunner(cfg.task.rewards), task)
+
+
+def _adapter_disabled(peft: Any, policy: Strategy) -> Callable[..., Any]:
+    """The LoRA reference: the policy's own call with the adapter switched off (the frozen base)."""
+
+    def call(fn: Callable[..., Any], *args: Any) -> Any:
+        with peft.disable_adapter():
+            return policy(fn, *args)
+
+    return call
 
 
 def decode_completions(tokenizer: Any, rollout: Rollout) -> list[str]:
@@ -98,8 +140,17 @@ def decode_completions(tokenizer: Any, rollout: Rollout) -> list[str]:
     return tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
+def generate_in_chunks(model: DiffusionLM, prompt_ids: Tensor, prompt_mask: Tensor, sample_ids: Tensor, cfg: RolloutConfig, chunk: int) -> Rollout:
+    """``generate`` over the batch in chunks of ``chunk`` samples."""
+    parts = [
+        generate(model, prompt_ids[s : s + chunk], prompt_mask[s : s + chunk], cfg, sample_ids=sample_ids[s : s + chunk])
+        for s in range(0, prompt_ids.shape[0], chunk)
+    ]
+    return concat_rollouts(parts)
+
+
 def rollout_batch(run: Run, rows: list[dict[str, Any]], step: int) -> tuple[Rollout, list[dict[str, Any]], int]:
-    """``num_generations`` samples per prompt, generated in chunks of ``rollout_batch_size``."""
+    """``num_generations`` samples per prompt of this rank's rows, generated in chunks of ``rollout_batch_size``."""
     group = run.cfg.algorithm.num_generations
     prompt_ids, prompt_mask, truncated = run.encoder(rows)
     prompt_ids = prompt_ids.repeat_interleave(group, 0).to(run.world.device)
@@ -109,11 +160,8 @@ def rollout_batch(run: Run, rows: list[dict[str, Any]], step: int) -> tuple[Roll
     first = (step * run.world.world_size + run.world.rank) * local
     sample_ids = torch.arange(first, first + local, device=run.world.device)
     chunk = run.cfg.trainer.rollout_batch_size or local
-    parts = [
-        generate(run.model, prompt_ids[s : s + chunk], prompt_mask[s : s + chunk], run.cfg.rollout, sample_ids=sample_ids[s : s + chunk])
-        for s in range(0, local, chunk)
-    ]
-    return concat_rollouts(parts), [r for r in rows for _ in range(group)], truncated
+    rollout = run.policy.generate(generate_in_chunks, prompt_ids, prompt_mask, sample_ids, run.cfg.rollout, chunk)
+    return rollout, [r for r in rows for _ in range(group)], truncated
 
 
 def concat_rollouts(parts: list[Rollout]) -> Rollout:
@@ -128,140 +176,250 @@ def concat_rollouts(parts: list[Rollout]) -> Rollout:
     return Rollout(
         prompt_ids=torch.cat([left_pad(p.prompt_ids, int(p.prompt_ids[0, 0])) for p in parts]),
         prompt_mask=torch.cat([left_pad(p.prompt_mask, False) for p in parts]),
-        **{k: torch.cat([getattr(p, k) for p in parts]) for k in ("completion_ids", "step_map", "confidence", "logprob", "fixed_mask", "nfe", "sample_ids")},
+        **{k: torch.cat([getattr(p, k) for p in parts]) for k in COMPLETION_FIELDS},
         stop_token_ids=parts[0].stop_token_ids,
     )
 
 
-@torch.no_grad()
-def score_all(algorithm: Algorithm, model: DiffusionLM, batch: PolicyBatch, seed: int, micro_batch_size: int) -> TokenScores:
-    """The estimator over the whole batch, in micro-batches, without grad (old / reference)."""
+COMPLETION_FIELDS = ("completion_ids", "step_map", "confidence", "logprob", "fixed_mask", "nfe", "sample_ids")
+
+
+def gather_rollout(rollout: Rollout, device: torch.device) -> Rollout:
+    """Every rank's completions and their records, for global metrics (prompts left out: each
+    rank pads them to its own width)."""
+    fields = {k: all_gather_rows(getattr(rollout, k), device) for k in COMPLETION_FIELDS}
+    none = fields["completion_ids"][:, :0]
+    return Rollout(prompt_ids=none, prompt_mask=none.bool(), stop_token_ids=rollout.stop_token_ids, **fields)
+
+
+def gather_rewards(rewards: RewardBatch, device: torch.device) -> RewardBatch:
+    """Every rank's rewards, for global metrics (reasons stay local)."""
+    return RewardBatch(
+        total=all_gather_rows(rewards.total.to(device), device),
+        per_reward={k: all_gather_rows(v.to(device), device) for k, v in rewards.per_reward.items()},
+        reasons={},
+        errors=int(all_reduce_sum(rewards.errors, device).item()),
+    )
+
+
+def score_all(model: DiffusionLM, algorithm: Algorithm, batch: PolicyBatch, seed: int, micro_batch_size: int) -> TokenScores:
+    """The estimator over the whole batch, in micro-batches (old / reference; call without grad)."""
     parts = [algorithm.estimator(model, mb, seed) for mb in batch.split(micro_batch_size)]
     return TokenScores(*(torch.cat([getattr(p, f) for p in parts]) for f in ("logp", "mask", "entropy")))
 
 
+def policy_loss(
+    model: DiffusionLM,
+    algorithm: Algorithm,
+    batch: PolicyBatch,
+    seed: int,
+    old_logp: Tensor | None,
+    advantages: Tensor,
+    weights: Tensor,
+    ref_logp: Tensor | None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One micro-batch's weighted loss and the weighted sums its metrics need."""
+    scores = algorithm.estimator(model, batch, seed)
+    old = old_logp if old_logp is not None else scores.logp.detach()
+    loss, terms = algorithm.loss(scores.logp, old, advantages, weights, ref_logp=ref_logp)
+    terms["actor/entropy"] = (scores.entropy * weights).sum()
+    return loss, terms
+
+
 def rl_step(run: Run, step: int) -> dict[str, float]:
-    cfg, model, algo = run.cfg, run.model, run.algorithm
+    cfg, algo, world = run.cfg, run.algorithm, run.world
     timings: dict[str, float] = {}
     start = time.perf_counter()
 
     with timed(timings, "gen"):
-        model.eval()
+        run.policy.train(False)
         rollout, rows, truncated_prompts = rollout_batch(run, run.loader.next_batch(), step)
-        model.train()
+        run.policy.train(True)
     with timed(timings, "reward"):
-        rewards = run.rewards(decode_completions(run.tokenizer, rollout), rows)
+        completions = decode_completions(run.tokenizer, rollout)
+        rewards = run.rewards(completions, rows)
     with timed(timings, "adv"):
-        advantages = algo.advantage(rewards.total.to(run.world.device), algo.config.num_generations)
+        advantages = algo.advantage(rewards.total.to(world.device), algo.config.num_generations)
 
     batch = PolicyBatch.from_rollout(rollout)
     mbs = cfg.trainer.micro_batch_size
-    global_tokens = all_reduce_sum(batch.completion_mask.sum(), run.world.device).item()
+    global_tokens = all_reduce_sum(batch.completion_mask.sum(), world.device).item()
     weights = token_weights(
         batch.completion_mask, algo.config.loss_type, mbs, cfg.rollout.max_completion_length,
-        global_tokens=global_tokens, global_sequences=len(batch) * run.world.world_size,
-    ) / (run.world.world_size if algo.config.loss_type == "bnpo" else 1)
+        global_tokens=global_tokens, global_sequences=len(batch) * world.world_size,
+    ) / (world.world_size if algo.config.loss_type == "bnpo" else 1)
     mu = algo.config.num_iterations
     seeds = [int(counter_hash(cfg.trainer.seed, step, k)) for k in range(mu)]
-    with timed(timings, "old_log_prob"):
-        old = [score_all(algo, model, batch, s, mbs) for s in seeds] if mu > 1 else None
-    with timed(timings, "ref"):
-        ref = [score_all(algo, run.reference, batch, s, mbs) for s in seeds] if run.reference is not None else None
+    with timed(timings, "old_log_prob"), torch.no_grad():
+        old = [run.policy(score_all, algo, batch, s, mbs) for s in seeds] if mu > 1 else None
+    with timed(timings, "ref"), torch.no_grad():
+        ref = [run.reference(score_all, algo, batch, s, mbs) for s in seeds] if run.reference is not None else None
 
     sums: dict[str, float] = defaultdict(float)
+    grad_norm = 0.0
     with timed(timings, "update"):
         for k in range(mu):
             for s in range(0, len(batch), mbs):
                 idx = slice(s, s + mbs)
-                scores = algo.estimator(model, batch.select(idx), seeds[k])
-                old_logp = old[k].logp[idx] if old is not None else scores.logp.detach()
-                loss, terms = algo.loss(scores.logp, old_logp, advantages[idx], weights[idx], ref_logp=ref[k].logp[idx] if ref else None)
-                loss.backward()
+                loss, terms = run.policy(
+                    policy_loss, algo, batch.select(idx), seeds[k], old[k].logp[idx] if old else None,
+                    advantages[idx], weights[idx], ref[k].logp[idx] if ref else None,
+                )
+                run.policy.backward(loss)
                 for name, value in terms.items():
                     sums[name] += value.item() / mu
-                sums["actor/entropy"] += (scores.entropy * weights[idx]).sum().item() / mu
-            sync_gradients(model)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm or float("inf"))
-            sums["actor/grad_norm"] += grad_norm.item() / mu
-            sums["actor/lr"] = run.scheduler.get_last_lr()[0]
-            run.optimizer.step()
-            run.optimizer.zero_grad(set_to_none=True)
+            grad_norm += run.policy.step() / mu
+        lr = run.scheduler.get_last_lr()[0]
         run.scheduler.step()
 
-    weight_total = weights.sum().item() or 1.0
-    metrics = {k: (v / weight_total if k.startswith("actor/") and k not in ("actor/grad_norm", "actor/lr") else v) for k, v in sums.items()}
-    metrics.update(rewards.metrics())
-    metrics.update(rollout.metrics())
-    metrics.update(
-        {
-            "critic/advantages/mean": advantages.mean().item(),
-            "critic/advantages/max": advantages.max().item(),
-            "critic/advantages/min": advantages.min().item(),
-            "prompt_length/clip_ratio": truncated_prompts / max(1, len(rows) // algo.config.num_generations),
-        }
-    )
+    metrics = global_metrics(run, rollout, rewards, advantages, weights, truncated_prompts, sums)
+    metrics.update({"actor/grad_norm": grad_norm, "actor/lr": lr})
     timings["timing_s/step"] = time.perf_counter() - start
     metrics.update(timings)
-    tokens = batch.completion_mask.sum().item()
+    tokens = metrics.pop("tokens")
     metrics["perf/throughput"] = tokens / timings["timing_s/step"]
     metrics["perf/gen_tokens_per_s"] = tokens / max(timings["timing_s/gen"], 1e-9)
+    run.last_samples = sample_rows(run, rollout, completions, rewards)
+    return metrics
+
+
+def global_metrics(
+    run: Run, rollout: Rollout, rewards: RewardBatch, advantages: Tensor, weights: Tensor, truncated_prompts: int, sums: dict[str, float]
+) -> dict[str, float]:
+    """The step's metrics over every rank's samples (``sums``: this rank's weighted actor sums),
+    plus ``tokens``, the global completion-token count."""
+    device = run.world.device
+    local = {**sums, "weight_total": weights.sum().item(), "tokens": rollout.completion_mask.sum().item(), "truncated_prompts": truncated_prompts}
+    totals = all_reduce_sums(local, device)
+    weight_total = totals.pop("weight_total") or 1.0
+    metrics = {k: v / weight_total for k, v in totals.items() if k.startswith("actor/")}
+    metrics.update(gather_rewards(rewards, device).metrics())
+    metrics.update(gather_rollout(rollout, device).metrics())
+    all_adv = all_gather_rows(advantages, device)
+    metrics.update(
+        {
+            "critic/advantages/mean": all_adv.mean().item(),
+            "critic/advantages/max": all_adv.max().item(),
+            "critic/advantages/min": all_adv.min().item(),
+            "prompt_length/clip_ratio": totals["truncated_prompts"] / run.cfg.trainer.batch_size,
+            "tokens": totals["tokens"],
+        }
+    )
+    return metrics
+
+
+def sample_rows(run: Run, rollout: Rollout, completions: list[str], rewards: RewardBatch) -> list[dict[str, Any]]:
+    """A few of this rank's samples as text, for the W&B samples table."""
+    count = min(run.cfg.trainer.log_samples_count, len(completions))
+    prompts = run.tokenizer.batch_decode([row[mask].tolist() for row, mask in zip(rollout.prompt_ids[:count].cpu(), rollout.prompt_mask[:count].cpu())])
+    return [{"prompt": prompts[i], "completion": completions[i], "reward": float(rewards.total[i])} for i in range(count)]
+
+
+def supervised_batch(run: Run, rows: list[dict[str, Any]], step: int) -> PolicyBatch:
+    """This rank's rows with their reference responses, completion length as the rollout's."""
+    world = run.world
+    return sft_batch(
+        rows, run.encoder, run.tokenizer, field=run.cfg.task.sft_response_field, length=run.cfg.rollout.max_completion_length,
+        eos_token_id=run.model.facts.eos_token_id, first_sample_id=(step * world.world_size + world.rank) * len(rows), device=world.device,
+    )
+
+
+def sft_train_step(run: Run, step: int) -> dict[str, float]:
+    """``trainer.mode=sft``: one supervised update on the task's reference responses."""
+    cfg, world = run.cfg, run.world
+    start = time.perf_counter()
+    batch = supervised_batch(run, run.loader.next_batch(), step)
+    metrics = sft_step(run.policy, batch, int(counter_hash(cfg.trainer.seed, step, 7)), micro_batch_size=cfg.trainer.micro_batch_size, global_size=cfg.trainer.batch_size)
+    metrics["actor/lr"] = run.scheduler.get_last_lr()[0]
+    run.scheduler.step()
+    metrics["timing_s/step"] = time.perf_counter() - start
+    tokens = all_reduce_sum(batch.completion_mask.sum(), world.device).item()
+    metrics["perf/throughput"] = tokens / metrics["timing_s/step"]
     return metrics
 
 
 def warm_start(run: Run) -> dict[str, float]:
-    """Supervised masked-diffusion steps on the task's reference responses before RL."""
-    cfg, model, tok = run.cfg, run.model, run.tokenizer
+    """Supervised masked-diffusion steps on the task's reference responses before RL.
+
+    They run through the RL strategy and optimizer (a DeepSpeed engine owns its optimizer) on
+    their own learning rate, warmup then cosine decay; afterwards the optimizer state is cleared
+    and the RL rates restored, so RL starts exactly as with a fresh optimizer.
+    """
+    cfg, world = run.cfg, run.world
     ws = cfg.trainer.warm_start
-    # Warmup then cosine decay: a constant high rate leaves tiny models at uneven quality.
-    schedule = replace(cfg.optim, lr=ws.lr, warmup_steps=max(1, ws.steps // 20), lr_schedule="cosine", min_lr_ratio=0.1)
-    optimizer, scheduler = build_optimizer(model, schedule, ws.steps)
-    loader = PromptLoader(run.task.train_rows, ws.batch_size, seed=cfg.trainer.seed + 1, rank=run.world.rank, world_size=run.world.world_size)
-    field = cfg.task.sft_response_field.split(".")
-    length = cfg.rollout.max_completion_length
-    eos = model.facts.eos_token_id
+    optimizer = run.policy.optimizer
+    assert optimizer is not None
+    rl_rates = [group["lr"] for group in optimizer.param_groups]
+    loader = PromptLoader(run.task.train_rows, ws.batch_size, seed=cfg.trainer.seed + 1, rank=world.rank, world_size=world.world_size)
     losses = []
-    model.train()
+    run.policy.train(True)
     for step in range(ws.steps):
-        rows = loader.next_batch()
-        prompt_ids, prompt_mask, _ = run.encoder(rows)
-        responses = []
-        for row in rows:
-            node: Any = row
-            for part in field:
-                node = node[part]
-            ids = tok(str(node), add_special_tokens=False)["input_ids"][: length - 1]
-            responses.append(ids + [eos] * (length - len(ids)))
-        completion = torch.tensor(responses)
-        dev = run.world.device
-        batch = PolicyBatch(
-            prompt_ids=prompt_ids.to(dev), prompt_mask=prompt_mask.to(dev), completion_ids=completion.to(dev),
-            completion_mask=torch.ones_like(completion, dtype=torch.bool, device=dev),
-            sample_ids=torch.arange(len(rows), device=dev) + (step * run.world.world_size + run.world.rank) * len(rows),
-            step_map=torch.zeros_like(completion, device=dev), fixed_mask=torch.zeros_like(completion, dtype=torch.bool, device=dev),
-            rollout_logprob=torch.zeros(completion.shape, device=dev),
-        )
-        loss, _ = masked_diffusion_loss(model, batch, seed=int(counter_hash(cfg.trainer.seed, step, 7)))
-        (loss / run.world.world_size).backward()
-        sync_gradients(model)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm or float("inf"))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        # Warmup then cosine decay: a constant high rate leaves tiny models at uneven quality.
+        lr = ws.lr * lr_multiplier(step, warmup_steps=max(1, ws.steps // 20), total_steps=ws.steps, schedule="cosine", min_lr_ratio=0.1)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = supervised_batch(run, loader.next_batch(), step)
+        metrics = sft_step(run.policy, batch, int(counter_hash(cfg.trainer.seed, step, 7)), micro_batch_size=cfg.trainer.micro_batch_size, global_size=ws.batch_size)
+        losses.append(metrics["sft/loss"])
+    optimizer.state.clear()
+    for group, rate in zip(optimizer.param_groups, rl_rates):
+        group["lr"] = rate
     return {"warm_start/loss_first": losses[0], "warm_start/loss_last": sum(losses[-10:]) / len(losses[-10:])}
+
+
+def checkpoint_meta(run: Run) -> dict[str, Any]:
+    """What export needs to rebuild the model of a checkpoint (see scripts/export_hf.py)."""
+    lora = run.cfg.trainer.lora
+    return {
+        "model_dir": str(run.model_dir.resolve()),
+        "dtype": run.cfg.model.dtype,
+        "strategy": run.cfg.trainer.strategy,
+        "lora": {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "targets": _json_targets(run.peft)} if run.peft else None,
+    }
+
+
+def _json_targets(peft: Any) -> list[str] | str:
+    targets = peft.peft_config["default"].target_modules  # peft keeps a list as a set
+    return targets if isinstance(targets, str) else sorted(targets)
+
+
+def save_final(run: Run) -> None:
+    """The trained model in the published layout in ``final/`` (rank 0 writes; every rank gathers).
+    A LoRA run also writes its adapter as a standard peft folder in ``final_adapter/`` and merges it."""
+    main, folder = run.world.is_main, run.run_dir / "final"
+    if run.peft is not None:
+        adapter = run.policy.full_state_dict(trainable_only=True)
+        if main:
+            save_adapter(run.peft, run.run_dir / "final_adapter", adapter)
+            merged = merge_adapter(run.run_dir / "final_adapter", run.model_dir, dtype=run.cfg.model.dtype)
+            save_pretrained(merged, folder, source_folder=run.model_dir)
+        return
+    state = run.policy.full_state_dict()
+    if main:
+        save_pretrained(run.model, folder, state_dict=state, source_folder=run.model_dir)
 
 
 def train(cfg: Config, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run a recipe to completion; returns the summary also written to ``summary.json``."""
     world = init_distributed(cfg.trainer.device)
     run = setup(cfg, world)
+    try:
+        return _train(run, resolved)
+    finally:
+        run.policy.close()
+        if isinstance(run.reference, Strategy):
+            run.reference.close()
+
+
+def _train(run: Run, resolved: dict[str, Any] | None) -> dict[str, Any]:
+    cfg, world = run.cfg, run.world
     start_step = 0
     ckpt_root = run.run_dir / "checkpoints"
     resume = cfg.trainer.resume
     path = latest_checkpoint(ckpt_root) if resume == "auto" else (None if resume == "never" else Path(resume))
     summary: dict[str, Any] = {}
     if path is not None:
-        state = load_checkpoint(path, run.model, run.optimizer)
+        state = load_checkpoint(path, run.policy)
         run.scheduler.load_state_dict(state["scheduler"])
         run.loader.load_state_dict(state["loader"])
         start_step = state["step"]
@@ -271,28 +429,40 @@ def train(cfg: Config, resolved: dict[str, Any] | None = None) -> dict[str, Any]
     if cfg.trainer.warm_start.steps and start_step == 0:
         t0 = time.perf_counter()
         summary.update(warm_start(run))
+        if isinstance(run.reference, Strategy):
+            # RL starts from the warm-started policy, so that is what the KL term anchors to. (A
+            # LoRA run's reference stays the base: the warm start trained the adapter.)
+            copy_weights(run.policy, run.reference)
         logger.write(f"warm start: {cfg.trainer.warm_start.steps} SFT steps, loss {summary['warm_start/loss_first']:.3f} -> {summary['warm_start/loss_last']:.3f} ({time.perf_counter() - t0:.1f}s)")
 
-    t_rl = time.perf_counter()
-    rewards: list[float] = []
+    step_fn = rl_step if cfg.trainer.mode == "rl" else sft_train_step
+    every = cfg.trainer.log_samples_every
+    t_train = time.perf_counter()
+    history: list[float] = []
     for step in range(start_step, cfg.trainer.total_steps):
-        metrics = rl_step(run, step)
-        rewards.append(metrics["critic/score/mean"])
+        metrics = step_fn(run, step)
+        history.append(metrics.get("critic/score/mean", metrics.get("sft/loss", float("nan"))))
         logger.log(step + 1, metrics)
+        if every and (step + 1) % every == 0 and run.last_samples:
+            logger.log_samples(step + 1, run.last_samples)
         last = step + 1 == cfg.trainer.total_steps
         if (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0) or last:
-            save_checkpoint(ckpt_root, step + 1, run.model, run.optimizer, {"scheduler": run.scheduler.state_dict(), "loader": run.loader.state_dict()})
+            trainer_state = {"scheduler": run.scheduler.state_dict(), "loader": run.loader.state_dict()}
+            save_checkpoint(ckpt_root, step + 1, run.policy, trainer_state, checkpoint_meta(run))
 
+    save_final(run)
     if world.is_main:
-        summary.update(reward_summary(rewards, time.perf_counter() - t_rl))
-        save_pretrained(run.model, run.run_dir / "final", source_folder=run.model_dir)
-        if cfg.trainer.plot and rewards:
+        if cfg.trainer.mode == "rl":
+            summary.update(reward_summary(history, time.perf_counter() - t_train))
+        else:
+            summary.update({"sft/loss_last": history[-1] if history else float("nan"), "train_minutes": (time.perf_counter() - t_train) / 60})
+        if cfg.trainer.plot and cfg.trainer.mode == "rl" and history:
             summary["reward_plot"] = str(plot_reward_curve(run.run_dir))
-        (run.run_dir / "summary.json").write_text(__import__("json").dumps(summary, indent=2) + "\n")
-        if rewards:
+        (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if cfg.trainer.mode == "rl" and history:
             logger.write(
                 f"reward {summary['reward/first_10']:.3f} (first 10 steps) -> {summary['reward/last_10']:.3f} (last 10) "
-                f"over {len(rewards)} steps in {summary['rl_minutes']:.2f} min; run folder: {run.run_dir}"
+                f"over {len(history)} steps in {summary['rl_minutes']:.2f} min; run folder: {run.run_dir}"
             )
     logger.close(summary)
     return summary
