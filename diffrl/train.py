@@ -2,7 +2,7 @@
 
     python -m diffrl.train                                   # the CPU demo (tiny LLaDA sorts digits)
     python -m diffrl.train recipe=d1_llada_gsm8k model.path=/ckpt/LLaDA-8B-Instruct
-    torchrun --nproc_per_node 2 -m diffrl.train recipe=demo trainer=fsdp2 trainer.output_dir=runs/demo2
+    torchrun --nproc_per_node 2 -m diffrl.train trainer=fsdp2 trainer.fsdp.param_dtype=null trainer.output_dir=runs/demo2
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint $HEAD:29500 \
         -m diffrl.train recipe=d1_llada_gsm8k_multinode         # on each of two nodes
     python -m diffrl.train --cfg job                         # print the composed recipe
