@@ -32,8 +32,13 @@ import torch.nn.functional as F
 
 from diffrl.kernels import apply_rope, decode_step, rms_norm, selected_logprobs, use_backend
 from diffrl.kernels.dispatch import triton_available
-from diffrl.models.layers import rope_cos_sin, split_heads
+from diffrl.models.layers import rope_cos_sin
 from diffrl.rng import counter_hash
+
+
+def per_head(proj: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+    """The [B, L, H * D] q/k projection seen as [B, H, L, D], as the models hand it to RoPE (no copy)."""
+    return proj.unflatten(-1, (heads, head_dim)).transpose(1, 2)
 
 PATHS = ("fused", "fallback", "naive")
 MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
@@ -145,7 +150,7 @@ def rope_case(args: argparse.Namespace, rotary_dim: int) -> Case:
     cos, sin = rope_cos_sin(torch.arange(args.rows, device=args.device)[None], rotary_dim, 500000.0)
 
     def run(rotate: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], object]:
-        return lambda: torch.autograd.grad(rotate(split_heads(proj, heads, head_dim)).float().square().sum(), proj)
+        return lambda: torch.autograd.grad(rotate(per_head(proj, heads, head_dim)).float().square().sum(), proj)
 
     def transformers_style(x: torch.Tensor) -> torch.Tensor:
         # rotate_half in the activation dtype, as Hugging Face's apply_rotary_pos_emb does

@@ -8,8 +8,13 @@ import torch
 
 from diffrl.kernels.rmsnorm import rms_norm_torch
 from diffrl.kernels.rope import apply_rope_torch
-from diffrl.models.layers import rope_cos_sin, split_heads
+from diffrl.models.layers import rope_cos_sin
 from tests.triton_interpret import BF16_RTOL, DEVICE, TRITON_MARKS
+
+
+def per_head(proj: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+    """The [B, L, H * D] q/k projection seen as [B, H, L, D], as the models hand it to RoPE (no copy)."""
+    return proj.unflatten(-1, (heads, head_dim)).transpose(1, 2)
 
 pytestmark = TRITON_MARKS
 
@@ -49,7 +54,7 @@ def test_fused_rmsnorm_matches_fallback(x_dtype: torch.dtype, w_dtype: torch.dty
 @pytest.mark.parametrize("rotary_dim", [16, 8], ids=["full", "partial"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_fused_rope_matches_fallback_on_the_projection_layout(rotary_dim: int, dtype: torch.dtype) -> None:
-    """q/k as the models make them: a [B, L, H * D] projection seen through split_heads, left-padded
+    """q/k as the models make them: a [B, L, H * D] projection seen per head by a transpose, left-padded
     rows with their own positions; the output keeps the projection's memory layout."""
     from diffrl.kernels.rope_triton import apply_rope_triton
 
@@ -58,14 +63,14 @@ def test_fused_rope_matches_fallback_on_the_projection_layout(rotary_dim: int, d
     proj.requires_grad_()
     positions = (torch.arange(length)[None] - torch.tensor([[0], [2]])).clamp(min=0).to(DEVICE)
     cos, sin = rope_cos_sin(positions, rotary_dim, 10000.0)
-    got = output_and_grads(lambda p: apply_rope_triton(split_heads(p, heads, head_dim), cos, sin), [proj], 3)
-    want = output_and_grads(lambda p: apply_rope_torch(split_heads(p, heads, head_dim), cos, sin), [proj], 3)
+    got = output_and_grads(lambda p: apply_rope_triton(per_head(p, heads, head_dim), cos, sin), [proj], 3)
+    want = output_and_grads(lambda p: apply_rope_torch(per_head(p, heads, head_dim), cos, sin), [proj], 3)
     rtol = 1e-6 if dtype == torch.float32 else BF16_RTOL
     assert_close(got[0], want[0], rtol)
     assert_close(got[1][0], want[1][0], rtol)
     assert got[0].transpose(1, 2).is_contiguous()  # written in place of [B, L, H, D], no copy
     passthrough = got[0][..., rotary_dim:]
-    assert torch.equal(passthrough, split_heads(proj, heads, head_dim)[..., rotary_dim:].detach())
+    assert torch.equal(passthrough, per_head(proj, heads, head_dim)[..., rotary_dim:].detach())
 
 
 def test_fused_rope_broadcasts_one_table_over_the_batch() -> None:

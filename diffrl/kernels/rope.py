@@ -16,7 +16,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate the first ``cos.shape[-1]`` channels of each head of ``x`` [B, H, L, D] in fp32.
 
     ``cos``/``sin`` are [B or 1, 1, L, rotary_dim] fp32 tables. The fused kernel reads ``x`` in
-    whatever layout it has (the [B, L, H * D] projection output seen through ``split_heads``)
+    whatever layout it has (the [B, L, H * D] projection output seen as [B, H, L, D] by a transpose)
     and writes the same layout; it treats the tables as constants, so a call whose tables need a
     gradient takes the fallback.
     """

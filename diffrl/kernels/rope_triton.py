@@ -2,7 +2,7 @@
 
 One program handles one (batch, position) and a block of heads: it reads the two rotary halves
 and the pass-through channels of each head straight from ``x`` with its own strides (the
-[B, L, H * D] q/k projection output seen as [B, H, L, D] through ``split_heads``, no copy), rotates
+[B, L, H * D] q/k projection output seen as [B, H, L, D] by a transpose, no copy), rotates
 in fp32 and writes an output of the same layout. The backward pass is the inverse rotation of the
 incoming gradient, run by the same kernel.
 """

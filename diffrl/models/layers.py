@@ -49,7 +49,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
     Channels past the rotary dimension pass through (LLaDA2's partial rotary); the rotation itself
     runs in fp32 as LLaDA's ``rope_full_precision`` prescribes, which is harmless for the others.
-    The fused kernel reads and writes ``split_heads``' view of the projection without a copy.
+    The fused kernel reads and writes the transposed per-head view of the projection without a copy.
     """
     return kernels.apply_rope(x, cos, sin)
 
