@@ -50,3 +50,14 @@ def test_demo_recipe_runs_and_writes_its_records(tmp_path: Path) -> None:
     assert (out / "reward_curve.png").stat().st_size > 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rl_steps"] == 4
+
+
+def test_the_kernels_key_reaches_the_kernel_dispatch(tmp_path: Path) -> None:
+    """``trainer.kernels=triton`` on CPU tensors without Triton's interpreter must refuse clearly."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "DIFFRL_KERNELS")}
+    env.update(WANDB_MODE="disabled", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "diffrl.train", f"trainer.output_dir={tmp_path / 'run'}", "trainer.kernels=triton",
+           "trainer.device=cpu", "trainer.total_steps=1", "trainer.warm_start.steps=0", "trainer.progress_bar=false", "trainer.batch_size=2"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "runs only in Triton's interpreter" in proc.stderr

@@ -22,6 +22,7 @@ def _validate(*overrides: str):
         ("trainer.mode=dpo", r"trainer.mode='dpo' is not one of rl, sft"),
         ("trainer.fsdp.param_dtype=bf16x", r"trainer.fsdp.param_dtype='bf16x'"),
         ("trainer.deepspeed.stage=1", r"trainer.deepspeed.stage=1 is not supported"),
+        ("trainer.kernels=cuda", r"trainer.kernels='cuda' is not one of auto, torch, triton"),
     ],
 )
 def test_bad_trainer_settings_name_the_field(override: str, message: str) -> None:

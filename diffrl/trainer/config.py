@@ -8,6 +8,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from diffrl.algorithms.registry import AlgorithmConfig, algorithm_entry
+from diffrl.kernels.dispatch import BACKENDS
 from diffrl.models.config import FactOverrides
 from diffrl.rewards.registry import RewardSpec
 from diffrl.rollout.config import RolloutConfig
@@ -161,6 +162,9 @@ class TrainerConfig:
     seed: int = 0
     # auto (cuda if available), cpu, cuda.
     device: str = "auto"
+    # Kernel backend: auto (Triton on CUDA tensors when triton imports, else the exact PyTorch
+    # fallbacks), torch, or triton.
+    kernels: str = "auto"
     # Checkpoint every N steps (0 = only at the end).
     save_every: int = 0
     # auto (latest complete checkpoint in output_dir), never, or a checkpoint path.
@@ -216,6 +220,8 @@ def check_trainer(cfg: TrainerConfig) -> None:
         raise ValueError(f"trainer.mode={cfg.mode!r} is not one of {', '.join(MODES)}")
     if cfg.strategy not in STRATEGIES:
         raise ValueError(f"trainer.strategy={cfg.strategy!r} is not one of {', '.join(STRATEGIES)}")
+    if cfg.kernels not in BACKENDS:
+        raise ValueError(f"trainer.kernels={cfg.kernels!r} is not one of {', '.join(BACKENDS)}")
     for name in ("param_dtype", "reduce_dtype"):
         value = getattr(cfg.fsdp, name)
         if value is not None and value not in DTYPES:

@@ -32,6 +32,7 @@ from diffrl.algorithms import Algorithm, PolicyBatch, build_algorithm
 from diffrl.algorithms.estimators import TokenScores
 from diffrl.algorithms.losses import token_weights
 from diffrl.data import PromptEncoder, PromptLoader
+from diffrl.kernels import set_backend
 from diffrl.models import DiffusionLM, load_pretrained, save_pretrained
 from diffrl.rewards import RewardRunner
 from diffrl.rewards.registry import RewardBatch
@@ -89,6 +90,7 @@ def setup(cfg: Config, world: World) -> Run:
     run_dir = Path(cfg.trainer.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.trainer.seed + world.rank)
+    set_backend(cfg.trainer.kernels)
     task = prepare_task(cfg.task, run_dir, world)
     model_dir = prepare_model_folder(cfg.model, task, run_dir, world)
     tokenizer = load_tokenizer(model_dir)
