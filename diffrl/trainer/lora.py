@@ -7,6 +7,7 @@ The KL reference of a LoRA run is the same model with the adapter disabled
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +20,16 @@ from diffrl.trainer.config import LoraConfig
 PEFT_PREFIX = "base_model.model."
 
 
-def lora_targets(model: DiffusionLM, names: list[str] | None = None) -> list[str] | str:
-    """The modules LoRA adapts, as full module names (or a peft regex string).
+def lora_targets(model: DiffusionLM, names: list[str] | None = None) -> list[str]:
+    """The modules LoRA adapts, as full module names.
 
-    ``names`` (``model.lora_target_modules``), else the family's ``lora_target_modules``, are leaf
-    names (or dotted suffixes) of linear layers *inside the transformer blocks*; with neither, every
-    linear layer in the blocks. A family attribute that is a string is a peft regex over full
-    module names and is used as is. Matching inside the blocks only keeps LLaDA's LM head
-    (``model.transformer.ff_out``) out although the block MLP's ``ff_out`` shares its name.
+    ``names`` (``model.lora_target_modules``) are leaf names (or dotted suffixes) of linear layers
+    *inside the transformer blocks*; without them, the family's ``lora_target_modules`` regex over
+    full module names picks them; with neither, every linear layer in the blocks. Matching inside
+    the blocks only keeps LLaDA's LM head (``model.transformer.ff_out``) out although the block
+    MLP's ``ff_out`` shares its name.
     """
     wanted = names or getattr(model, "lora_target_modules", None)
-    if isinstance(wanted, str):
-        return wanted
     block_ids = {id(b) for b in model.blocks()}
     block_names = [n for n, m in model.named_modules() if id(m) in block_ids]
     linear = [
@@ -38,6 +37,8 @@ def lora_targets(model: DiffusionLM, names: list[str] | None = None) -> list[str
     ]
     if wanted is None:
         return linear
+    if isinstance(wanted, str):
+        return [n for n in linear if re.fullmatch(wanted, n)]
     unmatched = [w for w in wanted if not any(n == w or n.endswith("." + w) for n in linear)]
     if unmatched:
         leaves = sorted({n.rsplit(".", 1)[-1] for n in linear})
@@ -48,7 +49,7 @@ def lora_targets(model: DiffusionLM, names: list[str] | None = None) -> list[str
     return [n for n in linear if any(n == w or n.endswith("." + w) for w in wanted)]
 
 
-def apply_lora(model: DiffusionLM, cfg: LoraConfig, targets: list[str] | str, base_path: str | Path | None = None) -> Any:
+def apply_lora(model: DiffusionLM, cfg: LoraConfig, targets: list[str], base_path: str | Path | None = None) -> Any:
     """Inject LoRA adapters into ``model`` in place (only they train); returns the PeftModel that
     owns them (for ``disable_adapter()`` and saving). ``base_path`` is recorded in the adapter
     config so a merge finds the base checkpoint by itself."""
