@@ -1,7 +1,7 @@
 """Small synthetic tasks that need no download: a word-level tokenizer and verl-format rows.
 
-``sort_digits`` asks ``sort 3 1 4 1 5`` -> ``1 1 3 4 5``; ``reverse_digits`` asks
-``reverse 3 1 4 1 5`` -> ``5 1 4 1 3`` (the CPU demo's task: a two-block model can learn it fully).
+``sort_digits`` asks ``sort 3 1 4 1 5`` -> ``1 1 3 4 5`` (the CPU demo's task); ``reverse_digits``
+asks ``reverse 3 1 4 1 5`` -> ``5 1 4 1 3``; ``increment_digits`` asks ``increment 3 1 9`` -> ``4 2 0``.
 Each row also carries a noisy *teacher* answer (``extra_info.answer``): with
 ``teacher_error="token_noise"`` each digit is right with probability ``teacher_accuracy`` and
 otherwise a random digit; with ``"shuffle"`` the whole answer is right with that probability and
@@ -39,7 +39,7 @@ def word_tokenizer(words: list[str]) -> Any:
 
 @dataclass
 class DigitTask:
-    """Map ``num_digits`` random digits to an answer (``op``: sort ascending, or reverse)."""
+    """Map ``num_digits`` random digits to an answer (``op``: sort ascending, reverse, or add one mod 10)."""
 
     op: str = "sort"
     num_digits: int = 5
@@ -58,6 +58,7 @@ class DigitTask:
             raise ValueError(f"teacher_error={self.teacher_error!r} is not 'token_noise' or 'shuffle'")
 
     def tokenizer(self) -> Any:
+        """The word-level tokenizer covering every op name, ``=`` and the ten digits."""
         return word_tokenizer([*_OPS, "=", *map(str, range(10))])
 
     def _row(self, rng: random.Random, index: int, split: str) -> dict[str, Any]:
@@ -96,6 +97,7 @@ SYNTHETIC_TASKS = {"sort_digits": "sort", "reverse_digits": "reverse", "incremen
 
 
 def synthetic_task(name: str, **kwargs: Any) -> DigitTask:
+    """The task recipe's ``synthetic`` block (``name`` plus :class:`DigitTask` options) as a task."""
     if name not in SYNTHETIC_TASKS:
         raise ValueError(f"task.synthetic.name={name!r} is not one of {', '.join(SYNTHETIC_TASKS)}")
     return DigitTask(op=SYNTHETIC_TASKS[name], **kwargs)
