@@ -251,21 +251,31 @@ def test_temperature_zero_is_deterministic_and_every_token_is_finalized_once(mod
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_inpainted_tokens_are_never_remasked_or_edited(models, family: str) -> None:
-    """Fixed tokens stay, are never decoded (step -1) and never edited, whatever the strategy."""
+def test_inpainted_tokens_stay_and_edits_stay_in_the_current_block(models, family: str) -> None:
+    """Fixed tokens stay, are never decoded (step -1) and never edited; LLaDA2.1 edits touch only
+    the current block, and a position's last edit is its final token at that step."""
     model = models[family]
     ids, mask = left_padded_prompts([6, 3], seed=2)
     fixed = torch.full((2, 16), -1)
-    fixed[:, [0, 5, 11]] = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    cols = [0, 5, 11]
+    fixed[:, cols] = torch.tensor([[5, 6, 7], [8, 9, 10]])
     cfg = config(model, kv_cache=cache_kind(model), threshold=0.4, editing_threshold=0.0, max_post_steps=2)
     out = generate(model, ids, mask, cfg, fixed_tokens=fixed)
-    cols = [0, 5, 11]
     assert torch.equal(out.completion_ids[:, cols], fixed[:, cols]) and (out.step_map[:, cols] == -1).all()
     assert out.fixed_mask[:, cols].all() and out.fixed_mask.sum() == 6
-    free = ~out.fixed_mask
-    assert (out.step_map[free] >= 0).all() and not (out.completion_ids == model.facts.mask_token_id).any()
-    assert out.edits is not None and out.edits.row.numel() > 0, "editing_threshold=0 should edit something"
-    assert not torch.isin(out.edits.position, torch.tensor(cols)).any()
+    assert (out.step_map[~out.fixed_mask] >= 0).all() and not (out.completion_ids == model.facts.mask_token_id).any()
+    log = out.edits
+    assert log is not None and log.row.numel() > 0, "editing_threshold=0 should edit something"
+    assert not torch.isin(log.position, torch.tensor(cols)).any()
+    blocks = block_index(model, mask, cfg)
+    last: dict[tuple[int, int], tuple[int, int]] = {}
+    for r, p, s, n in zip(log.row.tolist(), log.position.tolist(), log.step.tolist(), log.new_token.tolist()):
+        steps, blk = out.step_map[r], blocks[r]
+        earlier, later = steps[(blk < blk[p]) & (steps >= 0)], steps[(blk > blk[p]) & (steps >= 0)]
+        assert (earlier < s).all() and (later > s).all(), (r, p, s)
+        last[(r, p)] = (s, n)
+    for (r, p), (s, n) in last.items():
+        assert int(out.completion_ids[r, p]) == n and int(out.step_map[r, p]) == s
 
 
 def test_rollout_config_rejects_bad_values_by_name() -> None:

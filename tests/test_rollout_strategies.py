@@ -318,30 +318,6 @@ def test_block_decoding_matches_a_plain_block_loop(models, family: str, rule: st
         assert log.row.numel() == 0
 
 
-def test_editing_never_touches_fixed_tokens_or_finished_blocks(models) -> None:
-    llada = models["llada"]
-    ids, mask = left_padded_prompts([6, 4], seed=2)
-    fixed = torch.full((2, 16), -1)
-    fixed[:, [2, 11]] = torch.tensor([[5, 6], [7, 8]])
-    out = generate(llada, ids, mask, config(threshold=0.2, editing_threshold=0.0, max_post_steps=4, steps=16), fixed_tokens=fixed)
-    assert torch.equal(out.completion_ids[:, [2, 11]], fixed[:, [2, 11]]) and (out.step_map[:, [2, 11]] == -1).all()
-    log = out.edits
-    assert log is not None and log.row.numel() > 0
-    assert not ((log.position == 2) | (log.position == 11)).any()
-    # An edit happens while its block is current: after every step of the earlier block.
-    for r, p, s in zip(log.row.tolist(), log.position.tolist(), log.step.tolist()):
-        if p >= 8:
-            assert s > out.step_map[r, :8].max()
-        else:
-            assert s < out.step_map[r, 8:].max()
-    # The last edit of a position is its final token, recorded as written at that step.
-    last: dict[tuple[int, int], tuple[int, int]] = {}
-    for r, p, s, n in zip(log.row.tolist(), log.position.tolist(), log.step.tolist(), log.new_token.tolist()):
-        last[(r, p)] = (s, n)
-    for (r, p), (s, n) in last.items():
-        assert int(out.completion_ids[r, p]) == n and int(out.step_map[r, p]) == s
-
-
 @pytest.mark.parametrize("margin", [0.0, 1.0])
 def test_early_commit_takes_the_rest_of_a_confident_block(models, margin: float) -> None:
     llada = models["llada"]
