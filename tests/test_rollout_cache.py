@@ -223,8 +223,8 @@ STRATEGIES = [
     {},
     {"kv_cache": "cached", "threshold": 0.4},
     {"kv_cache": "cached", "threshold": 0.4, "threshold_rule": "dynamic"},
-    {"remasking": "topk_margin", "schedule": "dream", "factor": 1.0},
-    {"remasking": "entropy", "schedule": "dream", "alg_temp": 0.5, "kv_cache": "cached"},
+    {"remasking": "topk_margin", "schedule": "proportional", "factor": 1.0},
+    {"remasking": "entropy", "schedule": "proportional", "alg_temp": 0.5, "kv_cache": "cached"},
     {"remasking": "random", "kv_cache": "cached"},
 ]
 

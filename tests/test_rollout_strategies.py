@@ -13,7 +13,7 @@ from diffrl.kernels.decode import gumbel_uniforms
 from diffrl.models import DiffusionLM
 from diffrl.rng import counter_hash
 from diffrl.rollout import generate
-from diffrl.rollout.schedule import dream_counts, transfer_counts
+from diffrl.rollout.schedule import proportional_counts, transfer_counts
 from diffrl.rollout.strategies import commit_topk, dynamic_commit, factor_commit, sample_topk, threshold_commit
 from tests.rollout_helpers import FAMILIES, block_causal, cache_kind, config, family_model, left_padded_prompts
 
@@ -127,7 +127,7 @@ def test_linear_and_dream_schedules_match_their_references() -> None:
     timesteps = torch.linspace(1, eps, steps + 1)
     left = masks.clone()
     for i in range(steps):
-        counts = dream_counts(left, i, steps, eps)
+        counts = proportional_counts(left, i, steps, eps)
         for r in range(len(masks)):
             num_mask_token = left[r : r + 1].sum() / 1  # Dream's mean over a batch of one
             t, s = timesteps[i], timesteps[i + 1]
@@ -204,7 +204,7 @@ def test_dream_strategies_match_a_plain_port_of_dreams_sample(models, alg: str, 
     """On the Dream checkpoint itself, so the logit shift is the real one."""
     dream = models["dream"]
     ids, mask = left_padded_prompts([5, 3], seed=4)
-    cfg = config(max_completion_length=12, block_length=12, steps=8, remasking=alg, schedule="dream", temperature=temperature, top_p=top_p, seed=9)
+    cfg = config(max_completion_length=12, block_length=12, steps=8, remasking=alg, schedule="proportional", temperature=temperature, top_p=top_p, seed=9)
     ours = generate(dream, ids, mask, cfg, sample_ids=torch.tensor([3, 4]))
     for row in range(2):
         prompt = ids[row : row + 1, mask[row]]
