@@ -166,8 +166,11 @@ def block_stores(prompt_mask: torch.Tensor, rounds: torch.Tensor | int, block: i
     return rounds - 1 + (prompt_mask.sum(1) >= block).long()
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("cached", [False, True])
+# Every family with its cache, and one family of each attention kind without.
+CACHE_SETTINGS = [(family, True) for family in FAMILIES] + [("llada", False), ("sdar", False)]
+
+
+@pytest.mark.parametrize(("family", "cached"), CACHE_SETTINGS)
 def test_padded_rows_and_num_generations_match_samples_run_alone(models, family: str, cached: bool) -> None:
     """Left padding, batching and the shared prompt prefill change nothing for a sample (block-causal
     rows of one batch decode on different grids)."""
@@ -189,8 +192,7 @@ def test_padded_rows_and_num_generations_match_samples_run_alone(models, family:
         assert torch.equal(alone.step_map[0], batched.step_map[row])
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("cached", [False, True])
+@pytest.mark.parametrize(("family", "cached"), CACHE_SETTINGS)
 def test_eos_stops_a_sample_and_frees_its_cache(models, family: str, cached: bool) -> None:
     model = models[family]
     eos = model.facts.eos_token_id
