@@ -28,6 +28,7 @@ from diffrl.models import random_model
 from diffrl.models.registry import FAMILIES
 from diffrl.models.tiny import shrink_config
 from diffrl.rollout import RolloutConfig, generate
+from diffrl.rollout.metrics import tokens_per_forward
 
 _QWEN_MID = {"hidden_size": 512, "num_attention_heads": 8, "num_key_value_heads": 2, "num_hidden_layers": 8, "intermediate_size": 1376}
 _MOE_MID = {"num_experts": 16, "num_experts_per_tok": 4, "moe_intermediate_size": 256}
@@ -88,11 +89,15 @@ def bench_family(model_type: str, args: argparse.Namespace) -> None:
     reference, base_rate = None, None
     for name, cfg in cfgs.items():
         out, seconds = timed_generate(model, prompts, mask, cfg, args.device)
-        rate = out.completion_mask.sum().item() / seconds
+        # Every setting decodes all G tokens (no stop), so count them all: a random model's stray stop
+        # token would otherwise cut one setting's count and not another's.
+        generated = torch.ones_like(out.completion_mask)
+        rate = generated.sum().item() / seconds
+        tpf = tokens_per_forward(out.step_map, generated, out.nfe).mean().item()
         reference = out.completion_ids if reference is None else reference
         base_rate = rate if base_rate is None else base_rate
         agree = (out.completion_ids == reference).float().mean().item()
-        print(f"{name:18} {rate:10.1f} {out.nfe.float().mean().item():7.1f} {out.tokens_per_forward.mean().item():6.2f} {seconds:8.2f} {agree:6.2f} {rate / base_rate:7.2f}x")
+        print(f"{name:18} {rate:10.1f} {out.nfe.float().mean().item():7.1f} {tpf:6.2f} {seconds:8.2f} {agree:6.2f} {rate / base_rate:7.2f}x")
 
 
 def main() -> None:

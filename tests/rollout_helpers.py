@@ -4,36 +4,43 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
-from pathlib import Path
 
 import torch
 
-from diffrl.models import DiffusionLM, load_pretrained
-from diffrl.models.tiny import write_tiny_checkpoint
+from diffrl.models import DiffusionLM
 from diffrl.rollout import RolloutConfig
 
 VOCAB = 512
-# Test model name -> published folder under shared/hf.
-SOURCES = {"llada": "LLaDA-8B-Instruct"}
+BIDIRECTIONAL = ("llada", "dream")
+BLOCK_CAUSAL = ("sdar", "sdar_moe", "llada2_moe")
+# Every family's tiny checkpoint (``tiny_checkpoint(family)`` in conftest.py).
+FAMILIES = BIDIRECTIONAL + BLOCK_CAUSAL
+# The shared tiny checkpoints are drawn with std 0.1, which leaves every token near 1/512; a sharper
+# LM head gives the clear preferences under which threshold rules commit several tokens per step.
+HEAD_SCALE = 4.0
 
 
-def tiny_model(shared: Path, folder: Path, name: str, *, dtype: torch.dtype = torch.float64, std: float = 0.3, seed: int = 0) -> DiffusionLM:
-    """A tiny random checkpoint of a published architecture (512-token vocabulary), written to
-    ``folder`` and loaded back through the real loader. fp64 by default, so that two exact
-    computations in a different order never pick different tokens; ``std`` large enough that the
-    model has clear preferences (threshold rules then commit several tokens per step)."""
-    path = folder / name
-    if not (path / "config.json").exists():
-        write_tiny_checkpoint(shared / "hf" / SOURCES[name], path, vocab_size=VOCAB, seed=seed, std=std)
-    return load_pretrained(path, dtype=dtype).eval()
+def family_model(tiny_checkpoint, family: str, *, dtype: torch.dtype = torch.float64) -> DiffusionLM:
+    """A family's tiny checkpoint loaded through the real loader, LM head sharpened by ``HEAD_SCALE``.
 
-
-def with_logit_shift(model: DiffusionLM) -> DiffusionLM:
-    """The same weights read with Dream's one-position logit shift (``facts.logit_shift = 1``),
-    which exercises every place the engine handles a shifted family."""
-    model.facts = replace(model.facts, logit_shift=1)
+    fp64 by default, so that two exact computations in a different order never pick different
+    tokens; fp32 where a test compares logits at the 1e-4 tolerance of the published references.
+    """
+    model = tiny_checkpoint(family).load(dtype=dtype)
+    expected = "block_causal" if family in BLOCK_CAUSAL else "bidirectional"
+    assert model.facts.attention == expected, f"{family} loaded as {model.facts.attention}, the tests expect {expected}"
+    with torch.no_grad():
+        model.lm_head.weight.mul_(HEAD_SCALE)
     return model
+
+
+def block_causal(model: DiffusionLM) -> bool:
+    return model.facts.attention == "block_causal"
+
+
+def cache_kind(model: DiffusionLM) -> str:
+    """The cache a family serves steps from: dual (bidirectional) or the block cache (block-causal)."""
+    return "prefix" if block_causal(model) else "dual"
 
 
 def left_padded_prompts(lengths: list[int], seed: int = 0, pad: int = VOCAB - 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,10 +55,22 @@ def left_padded_prompts(lengths: list[int], seed: int = 0, pad: int = VOCAB - 2)
     return ids, mask
 
 
-def config(**overrides) -> RolloutConfig:
-    """A short rollout: 16 tokens in two blocks of 8, one token per step, no stop."""
+def config(model: DiffusionLM | None = None, **overrides) -> RolloutConfig:
+    """A short rollout of 16 tokens, no stop: two blocks of 8 at one token per step, or, for a
+    block-causal ``model``, blocks of its ``block_size`` with 16 steps split among them."""
     base = dict(max_completion_length=16, block_length=8, steps=16, temperature=0.0, stop_at_eos=False)
+    if model is not None and block_causal(model):
+        assert model.facts.block_size is not None
+        base["block_length"] = model.facts.block_size
     return RolloutConfig(**{**base, **overrides})
+
+
+def block_index(model: DiffusionLM, prompt_mask: torch.Tensor, cfg: RolloutConfig) -> torch.Tensor:
+    """Block of every completion position [B, G]: block-causal grids start at each row's first real
+    token (the first block holds the prompt's tail), bidirectional ones at the completion."""
+    positions = torch.arange(cfg.max_completion_length)[None, :]
+    offset = prompt_mask.long().sum(1, keepdim=True) if block_causal(model) else torch.zeros(prompt_mask.shape[0], 1, dtype=torch.long)
+    return (offset + positions) // cfg.block_length - offset // cfg.block_length
 
 
 @contextmanager

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from diffrl.kernels.decode import gumbel_uniforms
+from diffrl.models import DiffusionLM
 from diffrl.rng import counter_hash
 from diffrl.rollout import generate
-from diffrl.rollout.schedule import dream_counts, transfer_counts
+from diffrl.rollout.schedule import proportional_counts, transfer_counts
 from diffrl.rollout.strategies import commit_topk, dynamic_commit, factor_commit, sample_topk, threshold_commit
-from tests.rollout_helpers import config, left_padded_prompts, tiny_model
+from tests.rollout_helpers import FAMILIES, block_causal, cache_kind, config, family_model, left_padded_prompts
 
 NEG = float("-inf")
 
@@ -126,7 +127,7 @@ def test_linear_and_dream_schedules_match_their_references() -> None:
     timesteps = torch.linspace(1, eps, steps + 1)
     left = masks.clone()
     for i in range(steps):
-        counts = dream_counts(left, i, steps, eps)
+        counts = proportional_counts(left, i, steps, eps)
         for r in range(len(masks)):
             num_mask_token = left[r : r + 1].sum() / 1  # Dream's mean over a batch of one
             t, s = timesteps[i], timesteps[i + 1]
@@ -137,8 +138,8 @@ def test_linear_and_dream_schedules_match_their_references() -> None:
 
 
 @pytest.fixture(scope="module")
-def llada(tmp_path_factory: pytest.TempPathFactory, shared: Path):
-    return tiny_model(shared, tmp_path_factory.mktemp("rollout_strategies"), "llada")
+def models(tiny_checkpoint) -> dict[str, DiffusionLM]:
+    return {family: family_model(tiny_checkpoint, family) for family in FAMILIES}
 
 
 @torch.no_grad()
@@ -199,96 +200,127 @@ def dream_sample(model, prompt: torch.Tensor, gen_length: int, steps: int, alg: 
 
 @pytest.mark.parametrize("alg", ["maskgit_plus", "topk_margin", "entropy"])
 @pytest.mark.parametrize(("temperature", "top_p"), [(0.0, None), (0.7, 0.9)])
-def test_dream_strategies_match_a_plain_port_of_dreams_sample(llada, alg: str, temperature: float, top_p: float | None) -> None:
+def test_dream_strategies_match_a_plain_port_of_dreams_sample(models, alg: str, temperature: float, top_p: float | None) -> None:
+    """On the Dream checkpoint itself, so the logit shift is the real one."""
+    dream = models["dream"]
     ids, mask = left_padded_prompts([5, 3], seed=4)
-    cfg = config(max_completion_length=12, block_length=12, steps=8, remasking=alg, schedule="dream", temperature=temperature, top_p=top_p, seed=9)
-    ours = generate(llada, ids, mask, cfg, sample_ids=torch.tensor([3, 4]))
+    cfg = config(max_completion_length=12, block_length=12, steps=8, remasking=alg, schedule="proportional", temperature=temperature, top_p=top_p, seed=9)
+    ours = generate(dream, ids, mask, cfg, sample_ids=torch.tensor([3, 4]))
     for row in range(2):
         prompt = ids[row : row + 1, mask[row]]
-        expected = dream_sample(llada, prompt, 12, 8, alg, temperature, top_p, seed=9, sample_id=3 + row)
+        expected = dream_sample(dream, prompt, 12, 8, alg, temperature, top_p, seed=9, sample_id=3 + row)
         assert torch.equal(ours.completion_ids[row], expected[0]), row
 
 
 @torch.no_grad()
-def llada21_block_loop(model, prompt: torch.Tensor, gen_length: int, block: int, threshold: float, editing_threshold: float, max_post_steps: int):
-    """LLaDA2.1's decoding of each block, on a semi-autoregressive bidirectional canvas at T=0:
-    every step commits the masks with confidence >= threshold (at least the best one) and replaces
-    each decoded token of the block whose argmax differs with probability > editing_threshold;
-    once the block has no masks, up to max_post_steps more steps run while the last step changed
-    something. Returns tokens, the step that last wrote each token, and the edits."""
+def plain_block_loop(model, prompt: torch.Tensor, gen_length: int, block: int, steps: int, rule: str, threshold: float = 0.0, editing_threshold: float | None = None, max_post_steps: int = 0):
+    """Block decoding at T=0 for one unpadded prompt, written out plainly after the published loops.
+
+    Bidirectional model: LLaDA's semi-autoregressive blocks from the completion's start, a forward
+    of the whole canvas each step. Block-causal model: SDAR's / LLaDA2.x's grid from column 0, whose
+    first block holds the prompt's tail (never decoded or edited), and a forward of the canvas up to
+    the block's end with no cache (LLaDA2.x). The canvas ends with the completion: the published
+    block-causal loops also decode masks past it up to the grid and cut them afterwards, so the two
+    agree exactly when the completion ends on the grid (row 1 of the test) and the last block is
+    shorter here otherwise.
+
+    Per step, with the schedule's count k (published: from ``block``; one per step as tested):
+    ``static`` commits the top k (SDAR low_confidence_static), ``dynamic`` every mask with
+    confidence > threshold when there are at least k, else the top k (SDAR low_confidence_dynamic,
+    LLaDA2.0), ``fast_dllm`` every mask with confidence >= threshold and at least the best
+    (LLaDA2.1). With ``editing_threshold`` (LLaDA2.1) each decoded completion token of the block
+    whose argmax differs with probability > editing_threshold is replaced, and once the block has
+    no masks up to ``max_post_steps`` more steps run while the last step changed something.
+    Returns the completion, the step that last wrote each token and the edits.
+    """
     mask_id, plen = model.facts.mask_token_id, prompt.shape[1]
+    block_causal = model.facts.attention == "block_causal"
     x = torch.cat((prompt, torch.full((1, gen_length), mask_id)), dim=1)
     step_map = torch.full((gen_length,), -1)
     edits, step = [], 0
-    for b in range(gen_length // block):
-        lo, hi = plen + b * block, plen + (b + 1) * block
-        post, changed = 0, True
+    for lo in range(plen // block * block if block_causal else plen, plen + gen_length, block):
+        hi = min(lo + block, plen + gen_length)
+        width = hi - lo
+        completion = torch.arange(lo, hi) >= plen
+        schedule = [block // steps + (1 if i < block % steps else 0) for i in range(steps)]
+        post, changed, s = 0, True, 0
         while True:
             masked = x[0, lo:hi] == mask_id
             if not masked.any():
-                if not changed or post >= max_post_steps:
+                if editing_threshold is None or not changed or post >= max_post_steps:
                     break
                 post += 1
-            logits = model.logits(model(x))[0, lo:hi]
+            logits = model.logits(model(x[:, :hi] if block_causal else x))[0, lo:hi]
             logits[:, mask_id] = NEG
-            probs = torch.softmax(logits, dim=-1)
-            conf, x0 = probs.max(-1)
-            commit = torch.zeros(block, dtype=torch.bool)
+            conf, x0 = torch.softmax(logits, dim=-1).max(-1)
+            commit = torch.zeros(width, dtype=torch.bool)
             if masked.any():
                 masked_conf = torch.where(masked, conf, torch.tensor(NEG, dtype=conf.dtype))
-                commit = masked & (masked_conf >= threshold)
-                commit[topk_lower_index_first(masked_conf, 1)[0]] = True
-            edit = ~masked & (x0 != x[0, lo:hi]) & (conf > editing_threshold)
+                top = as_mask(topk_lower_index_first(masked_conf, schedule[s]), width)
+                if rule == "static":
+                    commit = top
+                elif rule == "dynamic":
+                    high = masked & (masked_conf > threshold)
+                    commit = high if int(high.sum()) >= schedule[s] else top
+                else:
+                    commit = masked & (masked_conf >= threshold)
+                    commit[topk_lower_index_first(masked_conf, 1)[0]] = True
+            edit = torch.zeros(width, dtype=torch.bool)
+            if editing_threshold is not None:
+                edit = completion & ~masked & (x0 != x[0, lo:hi]) & (conf > editing_threshold)
             for i in edit.nonzero().flatten().tolist():
-                edits.append((b * block + i, step, int(x[0, lo + i]), int(x0[i])))
+                edits.append((lo + i - plen, step, int(x[0, lo + i]), int(x0[i])))
             write = commit | edit
             x[0, lo:hi] = torch.where(write, x0, x[0, lo:hi])
-            step_map[b * block : (b + 1) * block][write] = step
+            written = torch.arange(lo, hi)[write] - plen
+            step_map[written] = step
             changed = bool(write.any())
-            step += 1
+            step, s = step + 1, s + 1
     return x[0, plen:], step_map, edits
 
 
-def test_llada21_editing_matches_a_plain_block_loop(llada) -> None:
+BLOCK_RULES = {
+    "static": {},
+    "dynamic": {"threshold": 0.4, "threshold_rule": "dynamic"},
+    "editing": {"threshold": 0.4, "editing_threshold": 0.3, "max_post_steps": 3},
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("rule", BLOCK_RULES)
+def test_block_decoding_matches_a_plain_block_loop(models, family: str, rule: str) -> None:
+    """SDAR's static and dynamic rules, LLaDA2.0's threshold and LLaDA2.1's editing on every
+    family's grid; block-causal families decode with the block cache (exact)."""
+    model = models[family]
     ids, mask = left_padded_prompts([6, 4, 5], seed=2)
-    cfg = config(threshold=0.2, editing_threshold=0.1, max_post_steps=3, steps=16)
-    ours = generate(llada, ids, mask, cfg)
+    cfg = config(model, **BLOCK_RULES[rule])
+    cfg = replace(cfg, steps=cfg.block_length * cfg.num_blocks, kv_cache=cache_kind(model) if block_causal(model) else "none")
+    ours = generate(model, ids, mask, cfg)
     log = ours.edits
-    assert log is not None and log.row.numel() > 0, "no edit happened; lower editing_threshold"
+    assert log is not None
+    if rule == "editing":
+        assert log.row.numel() > 0, "no edit happened; lower editing_threshold"
+    if rule == "dynamic":
+        assert (ours.tokens_per_forward > 1).any(), "the threshold never committed two tokens in one step"
+    published = {"static": "static", "dynamic": "dynamic", "editing": "fast_dllm"}[rule]
     for row in range(3):
-        tokens, steps, edits = llada21_block_loop(llada, ids[row : row + 1, mask[row]], 16, 8, 0.2, 0.1, 3)
+        tokens, steps, edits = plain_block_loop(
+            model, ids[row : row + 1, mask[row]], 16, cfg.block_length, cfg.steps_per_block, published,
+            threshold=cfg.threshold or 0.0, editing_threshold=cfg.editing_threshold, max_post_steps=cfg.max_post_steps,
+        )
         assert torch.equal(ours.completion_ids[row], tokens), row
         assert torch.equal(ours.step_map[row], steps), row
         mine = [(int(p), int(s), int(o), int(n)) for r, p, s, o, n in zip(log.row, log.position, log.step, log.old_token, log.new_token) if r == row]
         assert mine == edits, row
-    assert (log.confidence > 0.1).all()
-
-
-def test_editing_never_touches_fixed_tokens_or_finished_blocks(llada) -> None:
-    ids, mask = left_padded_prompts([6, 4], seed=2)
-    fixed = torch.full((2, 16), -1)
-    fixed[:, [2, 11]] = torch.tensor([[5, 6], [7, 8]])
-    out = generate(llada, ids, mask, config(threshold=0.2, editing_threshold=0.0, max_post_steps=4, steps=16), fixed_tokens=fixed)
-    assert torch.equal(out.completion_ids[:, [2, 11]], fixed[:, [2, 11]]) and (out.step_map[:, [2, 11]] == -1).all()
-    log = out.edits
-    assert log is not None and log.row.numel() > 0
-    assert not ((log.position == 2) | (log.position == 11)).any()
-    # An edit happens while its block is current: after every step of the earlier block.
-    for r, p, s in zip(log.row.tolist(), log.position.tolist(), log.step.tolist()):
-        if p >= 8:
-            assert s > out.step_map[r, :8].max()
-        else:
-            assert s < out.step_map[r, 8:].max()
-    # The last edit of a position is its final token, recorded as written at that step.
-    last: dict[tuple[int, int], tuple[int, int]] = {}
-    for r, p, s, n in zip(log.row.tolist(), log.position.tolist(), log.step.tolist(), log.new_token.tolist()):
-        last[(r, p)] = (s, n)
-    for (r, p), (s, n) in last.items():
-        assert int(out.completion_ids[r, p]) == n and int(out.step_map[r, p]) == s
+    if rule == "editing":
+        assert (log.confidence > cfg.editing_threshold).all()
+    else:
+        assert log.row.numel() == 0
 
 
 @pytest.mark.parametrize("margin", [0.0, 1.0])
-def test_early_commit_takes_the_rest_of_a_confident_block(llada, margin: float) -> None:
+def test_early_commit_takes_the_rest_of_a_confident_block(models, margin: float) -> None:
+    llada = models["llada"]
     ids, mask = left_padded_prompts([6, 4], seed=3)
     cfg = config(steps=16)
     plain = generate(llada, ids, mask, cfg)

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from diffrl.models.base import ModelFacts
+from diffrl.rollout.canvas import Canvas
 from diffrl.rollout.config import RolloutConfig
 
 
@@ -160,9 +161,11 @@ class BlockCache:
 
     uses_buffer = True
 
-    def __init__(self, facts: ModelFacts, num_rows: int, device: torch.device) -> None:
+    def __init__(self, facts: ModelFacts, first_real: Tensor) -> None:
         self.shift = facts.logit_shift
-        self.cached_before = torch.zeros(num_rows, dtype=torch.long, device=device)
+        # Left padding is never read (the key mask hides it), so it counts as cached from the start:
+        # a row whose prompt fits in its first block stores nothing with its first forward.
+        self.cached_before = first_real.clone()
 
     def plan(self, rows: Tensor, lo: Tensor, block: int, rnd: int) -> list[tuple[Tensor, Window]]:
         cached = self.cached_before[rows]
@@ -178,8 +181,9 @@ class BlockCache:
         self.cached_before[rows] = lo
 
 
-def make_cache(cfg: RolloutConfig, facts: ModelFacts, num_rows: int, width: int, device: torch.device) -> NoCache | BidirectionalCache | BlockCache:
-    """The cache policy of a rollout, from the recipe and the model's attention kind."""
+def make_cache(cfg: RolloutConfig, facts: ModelFacts, canvas: Canvas) -> NoCache | BidirectionalCache | BlockCache:
+    """The cache policy of a rollout on ``canvas``, from the recipe and the model's attention kind."""
+    num_rows, width, device = canvas.tokens.shape[0], canvas.width, canvas.tokens.device
     if cfg.kv_cache == "none":
         return NoCache(facts, width)
     if facts.attention == "block_causal":
@@ -188,5 +192,5 @@ def make_cache(cfg: RolloutConfig, facts: ModelFacts, num_rows: int, width: int,
                 "rollout.kv_cache=dual keeps a stale suffix for bidirectional models; a block-causal model's "
                 "blocks never see their suffix, so use rollout.kv_cache=prefix (the exact completed-block cache)"
             )
-        return BlockCache(facts, num_rows, device)
+        return BlockCache(facts, first_real=(~canvas.key_mask[:, : canvas.prompt_width]).sum(1))
     return BidirectionalCache(cfg.kv_cache, cfg.cache_refresh_steps, facts, num_rows, width, device)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 REMASKING = ("low_confidence", "random", "maskgit_plus", "topk_margin", "entropy")
-SCHEDULES = ("linear", "dream")
+SCHEDULES = ("linear", "proportional")
 KV_CACHES = ("none", "prefix", "dual")
 THRESHOLD_RULES = ("fast_dllm", "dynamic")
 
@@ -45,10 +45,10 @@ class RolloutConfig:
     #   entropy         minus its entropy (Dream)
     remasking: str = "low_confidence"
     # How many tokens a step commits when no threshold rule is set:
-    #   linear  m // steps per step, the first m % steps steps one more, m = masks at block start (LLaDA, SDAR)
-    #   dream   int(m_now * (1 - s/t)) over t = linspace(1, eps, steps + 1), all the rest on the last step (Dream)
+    #   linear        m // steps per step, the first m % steps steps one more, m = masks at block start (LLaDA, SDAR)
+    #   proportional  int(m_now * (1 - s/t)) over t = linspace(1, eps, steps + 1), all the rest on the last step (Dream)
     schedule: str = "linear"
-    # Dream's final time of the dream schedule.
+    # Final time of the proportional schedule (Dream's eps).
     eps: float = 1e-3
     # Dream's alg_temp: choose the scheduled positions by sampling softmax(score / alg_temp) without
     # replacement instead of taking the top ones (None or 0 = top).

@@ -14,7 +14,7 @@ def transfer_counts(num_masked: Tensor, steps: int) -> Tensor:
     return base + extra.long()
 
 
-def dream_counts(num_masked: Tensor, step: int, steps: int, eps: float) -> Tensor:
+def proportional_counts(num_masked: Tensor, step: int, steps: int, eps: float) -> Tensor:
     """Dream's count for step ``step`` of ``steps`` [B]: ``int(m * (1 - s/t))`` with
     ``t, s = ts[step], ts[step + 1]`` of ``ts = linspace(1, eps, steps + 1)`` and ``m`` the masks
     left now; the last step takes them all.
@@ -42,4 +42,4 @@ class BlockSchedule:
             return torch.zeros_like(num_masked)
         if self.linear is not None:
             return self.linear[:, step]
-        return dream_counts(num_masked, step, self.steps, self.eps)
+        return proportional_counts(num_masked, step, self.steps, self.eps)
