@@ -27,6 +27,7 @@ from diffrl.algorithms.batch import PolicyBatch
 from diffrl.algorithms.estimators import OneStepMeanField, TokenScores
 from diffrl.algorithms.losses import clipped_policy_loss
 from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, RolloutContext, register_algorithm
+from diffrl.rollout.strategies import ranks
 from diffrl.rollout.trajectory import Rollout
 
 
@@ -141,9 +142,7 @@ def entropy_filter(scores: TokenScores, batch: PolicyBatch, ratio: float) -> Ten
     hints = batch.fixed_mask & scores.mask
     n = hints.sum(1, keepdim=True)
     quota = torch.where(n > 0, (ratio * n).floor().clamp_min(1), torch.zeros_like(n))
-    ent = torch.where(hints, scores.entropy.double(), float("-inf"))
-    order = torch.sort(ent, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(ent.shape[1], device=ent.device).expand_as(order))
+    rank = ranks(torch.where(hints, scores.entropy.double(), float("-inf")))
     return (scores.mask & ~hints) | (hints & (rank < quota))
 
 
