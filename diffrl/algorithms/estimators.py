@@ -179,14 +179,16 @@ class MonteCarloELBO:
         rows = torch.arange(len(batch), device=mask.device)
         total = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
         entropy = torch.zeros_like(total)
-        draws = [(n, k) for n in range(self.num_nodes) for k in range(self.masks_per_node)]
-        for n, k in draws:
+        times_masked = torch.zeros_like(total)
+        for n in range(self.num_nodes):
             tn = t[:, n : n + 1]
-            masked = completion_uniforms(batch, seed, n, k) < tn
-            logp, ent = score_noisy_rows(model, batch, rows, masked, masked & mask)
-            total = total + (w[:, n : n + 1] / self.masks_per_node / tn).float() * logp
-            entropy = entropy + ent / len(draws)
-        return TokenScores(logp=total, mask=mask, entropy=entropy)
+            for k in range(self.masks_per_node):
+                masked = completion_uniforms(batch, seed, n, k) < tn
+                logp, ent = score_noisy_rows(model, batch, rows, masked, masked & mask)
+                total = total + (w[:, n : n + 1] / self.masks_per_node / tn).float() * logp
+                entropy, times_masked = entropy + ent, times_masked + masked.float()
+        # The entropy metric: the mean over the draws in which the token was masked.
+        return TokenScores(logp=total, mask=mask, entropy=entropy / times_masked.clamp_min(1))
 
 
 @dataclass
