@@ -66,11 +66,10 @@ class Outcome:
     group_size: int
 
     @classmethod
-    def of_rewards(cls, rewards: Tensor, group_size: int, tpf: Tensor | None = None) -> "Outcome":
-        """Rewards alone: correct where positive, nothing truncated, every sample kept, TPF 1
-        unless given."""
+    def of_rewards(cls, rewards: Tensor, group_size: int) -> "Outcome":
+        """Rewards alone: correct where positive, nothing truncated, every sample kept, TPF 1."""
         ones = torch.ones_like(rewards, dtype=torch.bool)
-        return cls(rewards, rewards > 0, torch.ones_like(rewards) if tpf is None else tpf, ~ones, ones, group_size)
+        return cls(rewards, rewards > 0, torch.ones_like(rewards), ~ones, ones, group_size)
 
 
 def reward_advantages(baseline: str, scale_rewards: str) -> Callable[[Outcome], Tensor]:
@@ -82,14 +81,14 @@ def reward_advantages(baseline: str, scale_rewards: str) -> Callable[[Outcome], 
     return advantage
 
 
-def z_score(x: Tensor, dim: int = -1, eps: float = 0.0) -> Tensor:
-    """(x - mean) / std along ``dim`` (population std); 0 where the std is 0."""
-    centred = x - x.mean(dim, keepdim=True)
-    std = x.std(dim, keepdim=True, unbiased=False)
-    return torch.where(std > 0, centred / (std + eps), torch.zeros_like(centred))
+def z_score(x: Tensor) -> Tensor:
+    """(x - mean) / std along the last dim (population std); 0 where the std is 0."""
+    centred = x - x.mean(-1, keepdim=True)
+    std = x.std(-1, keepdim=True, unbiased=False)
+    return torch.where(std > 0, centred / std, torch.zeros_like(centred))
 
 
-def min_max(x: Tensor, dim: int = -1) -> Tensor:
-    """(x - min) / (max - min) along ``dim``; 0.5 where the range is 0."""
-    lo, hi = x.amin(dim, keepdim=True), x.amax(dim, keepdim=True)
+def min_max(x: Tensor) -> Tensor:
+    """(x - min) / (max - min) along the last dim; 0.5 where the range is 0."""
+    lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
     return torch.where(hi > lo, (x - lo) / (hi - lo).clamp_min(1e-12), torch.full_like(x, 0.5))

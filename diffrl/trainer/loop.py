@@ -238,14 +238,38 @@ def correctness(run: Run, rewards: RewardBatch) -> Tensor:
     return rewards.per_reward[name] > 0
 
 
-def rollout_context(run: Run, rollout: Rollout, rows: list[dict[str, Any]], step: int) -> RolloutContext:
-    """The group-repair hook's access to generation, rewards and the rows' reference texts."""
+def repair_rollout(run: Run, rollout: Rollout, outcome: Outcome, rows: list[dict[str, Any]], step: int) -> tuple[Rollout, Tensor, int]:
+    """The algorithm's group repair; returns the rollout, the rows it replaced and the rounds of
+    regeneration the ranks ran.
+
+    A sharded strategy gathers the weights collectively in every rollout, so ranks regenerate in
+    lockstep: before each regeneration every rank says whether it is about to regenerate, and a
+    rank with nothing (more) to regenerate joins each round with an empty rollout.
+    """
+    assert run.algorithm.repair is not None
+    rounds = [0]
+
+    def any_rank(busy: bool) -> bool:
+        flags = all_gather_rows(torch.tensor([busy], device=run.world.device), run.world.device)
+        rounds[0] += int(flags.any())
+        return bool(flags.any())
+
+    rollout, replaced = run.algorithm.repair(rollout, outcome, rollout_context(run, rollout, rows, step, any_rank))
+    while any_rank(False):
+        run.policy.generate(lambda model: None)
+    return rollout, replaced, rounds[0]
+
+
+def rollout_context(run: Run, rollout: Rollout, rows: list[dict[str, Any]], step: int, any_rank: Callable[[bool], bool]) -> RolloutContext:
+    """The group-repair hook's access to generation (announced to the other ranks through
+    ``any_rank``), rewards and the rows' reference texts."""
     cfg = run.cfg
     # Regenerated samples keep their slot's sample id, so they need draws of their own.
     regen_cfg = replace(rollout_config(run), seed=int(counter_hash(cfg.rollout.seed, step, 1)))
     chunk = cfg.trainer.rollout_batch_size or len(rows)
 
     def regenerate(index: Tensor, fixed_tokens: Tensor) -> Rollout:
+        any_rank(True)
         return run.policy.generate(
             generate_in_chunks, rollout.prompt_ids[index], rollout.prompt_mask[index], rollout.sample_ids[index], regen_cfg, chunk, fixed_tokens
         )
@@ -306,7 +330,7 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
         outcome = outcome_of(run, rollout, rewards)
     if algo.repair is not None:
         with timed(timings, "repair"):
-            rollout, replaced = algo.repair(rollout, outcome, rollout_context(run, rollout, rows, step))
+            rollout, replaced, regenerations = repair_rollout(run, rollout, outcome, rows, step)
             if replaced.numel():
                 completions = decode_completions(run.tokenizer, rollout)
                 rewards = run.rewards(completions, rows)
@@ -357,6 +381,7 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
     metrics.update({"actor/grad_norm": grad_norm, "actor/lr": lr})
     if algo.repair is not None:
         metrics["rollout/repaired"] = all_reduce_sum(replaced.numel(), world.device).item()
+        metrics["rollout/repair_rollouts"] = float(regenerations)
     timings["timing_s/step"] = time.perf_counter() - start
     metrics.update(timings)
     tokens = metrics.pop("tokens")
