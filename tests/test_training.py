@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from diffrl.algorithms import PolicyBatch, build_algorithm
+from diffrl.algorithms.advantages import Outcome
 from diffrl.algorithms.diffu_grpo import DiffuGRPOConfig
 from diffrl.algorithms.losses import token_weights
 from diffrl.algorithms.sft import masked_diffusion_loss
@@ -22,7 +23,7 @@ def test_diffu_grpo_steps_lower_the_surrogate_and_change_every_weight(tiny_llada
     model.train()
     batch = PolicyBatch.from_rollout(rollout)
     rewards = torch.tensor([1.0, 0, 0, 0, 0, 1, 1, 0])
-    adv = algo.advantage(rewards, 4)
+    adv = algo.advantage(Outcome.of_rewards(rewards, 4))
     weights = token_weights(batch.completion_mask, "bnpo", 8, 8)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

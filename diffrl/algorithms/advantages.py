@@ -6,6 +6,10 @@ statistics never need communication across ranks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
 from torch import Tensor
 
 SCALE_REWARDS = ("group", "batch", "none")
@@ -46,3 +50,45 @@ def group_advantages(
     elif scale_rewards != "none":
         raise ValueError(f"scale_rewards={scale_rewards!r} is not one of {', '.join(SCALE_REWARDS)}")
     return adv.reshape(-1)
+
+
+@dataclass
+class Outcome:
+    """What advantage rules and sample filters see, one entry per sample (groups of
+    ``group_size`` consecutive rows). ``keep`` marks the samples that train (see
+    :attr:`~diffrl.algorithms.registry.Algorithm.keep`)."""
+
+    rewards: Tensor
+    correct: Tensor
+    tpf: Tensor
+    truncated: Tensor
+    keep: Tensor
+    group_size: int
+
+    @classmethod
+    def of_rewards(cls, rewards: Tensor, group_size: int) -> "Outcome":
+        """Rewards alone: correct where positive, nothing truncated, every sample kept, TPF 1."""
+        ones = torch.ones_like(rewards, dtype=torch.bool)
+        return cls(rewards, rewards > 0, torch.ones_like(rewards), ~ones, ones, group_size)
+
+
+def reward_advantages(baseline: str, scale_rewards: str) -> Callable[[Outcome], Tensor]:
+    """The advantage rule on the total reward (:func:`group_advantages` with these options)."""
+
+    def advantage(outcome: Outcome) -> Tensor:
+        return group_advantages(outcome.rewards, outcome.group_size, baseline=baseline, scale_rewards=scale_rewards)
+
+    return advantage
+
+
+def z_score(x: Tensor) -> Tensor:
+    """(x - mean) / std along the last dim (population std); 0 where the std is 0."""
+    centred = x - x.mean(-1, keepdim=True)
+    std = x.std(-1, keepdim=True, unbiased=False)
+    return torch.where(std > 0, centred / std, torch.zeros_like(centred))
+
+
+def min_max(x: Tensor) -> Tensor:
+    """(x - min) / (max - min) along the last dim; 0.5 where the range is 0."""
+    lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
+    return torch.where(hi > lo, (x - lo) / (hi - lo).clamp_min(1e-12), torch.full_like(x, 0.5))

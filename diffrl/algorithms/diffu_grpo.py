@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-from diffrl.algorithms.advantages import group_advantages
+from diffrl.algorithms.advantages import reward_advantages
 from diffrl.algorithms.estimators import OneStepMeanField
 from diffrl.algorithms.losses import clipped_policy_loss
 from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, register_algorithm
@@ -33,7 +33,7 @@ def build(cfg: DiffuGRPOConfig) -> Algorithm:
         # log pi(y|q) ~= sum_i log p(y^i | q~, M...M), q~ = q with tokens masked at p_mask_prompt
         estimator=OneStepMeanField(p_mask_prompt=cfg.p_mask_prompt),
         # A_i = r_i - mean_j r_j over the group
-        advantage=partial(group_advantages, baseline="group_mean", scale_rewards=cfg.scale_rewards),
+        advantage=reward_advantages("group_mean", cfg.scale_rewards),
         # -min(rho A, clip(rho, 1-eps, 1+eps_high) A) + beta k3
         loss=partial(clipped_policy_loss, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta),
     )

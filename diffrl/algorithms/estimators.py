@@ -12,14 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from diffrl.algorithms.batch import PolicyBatch
 from diffrl.kernels import selected_logprobs
 from diffrl.models.base import DiffusionLM
 from diffrl.models.masks import positions_from_mask, two_stream_block_mask
-from diffrl.rng import STREAM_PROMPT_MASK, counter_uniform
+from diffrl.rng import STREAM_COMPLETION_MASK, STREAM_PROMPT_MASK, STREAM_TIME, counter_uniform
 
 
 @dataclass
@@ -83,3 +85,160 @@ class OneStepMeanField:
         hidden = denoiser_hidden(model, noisy, batch.input_ids, batch.key_mask)[:, prompt.shape[1] :]
         logp, entropy = score_tokens(model, hidden, batch.completion_ids, batch.completion_mask)
         return TokenScores(logp=logp, mask=batch.completion_mask, entropy=entropy)
+
+
+def completion_uniforms(batch: PolicyBatch, seed: int, *draw: int) -> Tensor:
+    """Keyed uniforms [B, Lc], one per completion position, for draw ``draw`` of an estimator."""
+    pos = torch.arange(batch.completion_ids.shape[1], device=batch.completion_ids.device)
+    return counter_uniform(STREAM_COMPLETION_MASK, seed, batch.sample_ids[:, None], *draw, pos[None, :])
+
+
+def noisy_hidden(model: DiffusionLM, batch: PolicyBatch, rows: Tensor, masked: Tensor) -> Tensor:
+    """Hidden states [R, Lc, H] over the completions of noisy copies, all in one forward: row r is
+    sample ``rows[r]`` with the completion tokens ``masked[r]`` replaced by M (the prompt clean)."""
+    mask_id = model.facts.mask_token_id
+    noisy = torch.cat((batch.prompt_ids[rows], torch.where(masked, mask_id, batch.completion_ids[rows])), dim=1)
+    return denoiser_hidden(model, noisy, batch.input_ids[rows], batch.key_mask[rows])[:, batch.prompt_ids.shape[1] :]
+
+
+def score_noisy_rows(model: DiffusionLM, batch: PolicyBatch, rows: Tensor, masked: Tensor, scored: Tensor) -> tuple[Tensor, Tensor]:
+    """(logp, entropy) [R, Lc] of the noisy copies (see :func:`noisy_hidden`) at ``scored``, zero elsewhere."""
+    return score_tokens(model, noisy_hidden(model, batch, rows, masked), batch.completion_ids[rows], scored)
+
+
+def coupled_masks(batch: PolicyBatch, seed: int, t_low: float, t_high: float) -> tuple[Tensor, Tensor]:
+    """coupled-GRPO's pair: t [B, 1] ~ U(t_low, t_high) per sample and the first mask [B, Lc]
+    (u < t); its complement is the second. Keyed by sample id, so a row's masks do not depend on
+    the batch it is scored in."""
+    t = t_low + (t_high - t_low) * counter_uniform(STREAM_TIME, seed, batch.sample_ids)[:, None]
+    return t.float(), completion_uniforms(batch, seed) < t
+
+
+@dataclass
+class CoupledComplementary:
+    """DiffuCoder's coupled estimator: three forwards (completion all M; masked where u < t; masked
+    where u >= t), the prompt clean;  l_i = 1/2 [ l_full + 1[u<t] l_b / t + 1[u>=t] l_c / (1-t) ],
+    so every completion token is scored exactly once by the pair."""
+
+    t_low: float = 0.2
+    t_high: float = 0.8
+
+    def __call__(self, model: DiffusionLM, batch: PolicyBatch, seed: int) -> TokenScores:
+        t, first = coupled_masks(batch, seed, self.t_low, self.t_high)
+        mask = batch.completion_mask
+        rows = torch.arange(len(batch), device=mask.device).repeat(3)
+        all_masked = torch.ones_like(first)
+        logp, entropy = score_noisy_rows(
+            model, batch, rows, torch.cat((all_masked, first, ~first)), torch.cat((mask, mask & first, mask & ~first))
+        )
+        full, pass_b, pass_c = logp.chunk(3)
+        contribution = 0.5 * (full + pass_b / t + pass_c / (1 - t))
+        return TokenScores(logp=contribution, mask=mask, entropy=entropy.chunk(3)[0])
+
+
+def gauss_legendre(num_nodes: int) -> tuple[Tensor, Tensor]:
+    """Gauss-Legendre nodes in (0, 1) and weights summing to 1: exact for polynomials of degree
+    <= 2 num_nodes - 1, and no node at the 1/t singularity."""
+    x, w = np.polynomial.legendre.leggauss(num_nodes)
+    return torch.from_numpy((x + 1) / 2), torch.from_numpy(w / 2)
+
+
+@dataclass
+class MonteCarloELBO:
+    """The masked-diffusion ELBO  E_t E_{y_t} [ (1/t) sum_i 1[y_t^i = M] log p(y^i | y_t, q) ].
+
+    ``time_sampling="gauss"`` is GDPO's semi-deterministic Monte Carlo: fixed Gauss-Legendre nodes
+    t_n with weights w_n, ``masks_per_node`` random masks at each; ``"uniform"`` is double Monte
+    Carlo: t_n ~ U(0, 1) per sample, weights 1/N. Each of the N x K draws is one forward.
+    """
+
+    num_nodes: int = 3
+    masks_per_node: int = 1
+    time_sampling: str = "gauss"
+
+    def __post_init__(self) -> None:
+        if self.time_sampling not in ("gauss", "uniform"):
+            raise ValueError(f"time_sampling={self.time_sampling!r} is not one of gauss, uniform")
+        if self.num_nodes < 1 or self.masks_per_node < 1:
+            raise ValueError("num_nodes and masks_per_node must be >= 1")
+
+    def times(self, batch: PolicyBatch, seed: int) -> tuple[Tensor, Tensor]:
+        """t [B, N] and the quadrature weights w [B, N]."""
+        n = self.num_nodes
+        if self.time_sampling == "gauss":
+            nodes, weights = gauss_legendre(n)
+            shape = (len(batch), n)
+            return nodes.to(batch.sample_ids.device).expand(shape), weights.to(batch.sample_ids.device).expand(shape)
+        node = torch.arange(n, device=batch.sample_ids.device)
+        t = counter_uniform(STREAM_TIME, seed, batch.sample_ids[:, None], node[None, :])
+        return t, torch.full_like(t, 1.0 / n)
+
+    def __call__(self, model: DiffusionLM, batch: PolicyBatch, seed: int) -> TokenScores:
+        t, w = self.times(batch, seed)
+        mask = batch.completion_mask
+        rows = torch.arange(len(batch), device=mask.device)
+        total = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+        entropy = torch.zeros_like(total)
+        times_masked = torch.zeros_like(total)
+        for n in range(self.num_nodes):
+            tn = t[:, n : n + 1]
+            for k in range(self.masks_per_node):
+                masked = completion_uniforms(batch, seed, n, k) < tn
+                logp, ent = score_noisy_rows(model, batch, rows, masked, masked & mask)
+                total = total + (w[:, n : n + 1] / self.masks_per_node / tn).float() * logp
+                entropy, times_masked = entropy + ent, times_masked + masked.float()
+        # The entropy metric: the mean over the draws in which the token was masked.
+        return TokenScores(logp=total, mask=mask, entropy=entropy / times_masked.clamp_min(1))
+
+
+@dataclass
+class AutoregressiveLikelihood:
+    """The exact likelihood of a left-to-right decode: log p(y^i | q, y^{<i}, M ... M) per token.
+
+    Each target needs its own input, so the inputs are rows of a batch, ``rows_per_forward`` at a
+    time (under grad each chunk is recomputed in the backward, so memory holds one chunk). On a
+    bidirectional model a row scores one position. On a block-causal model the noisy blocks of the
+    two-stream layout are independent given the clean stream, so one row scores in-block offset j
+    of every block at once: ``block_size`` rows per sample instead of one per token.
+    """
+
+    rows_per_forward: int = 64
+
+    def rows(self, model: DiffusionLM, batch: PolicyBatch) -> tuple[Tensor, Tensor, Tensor]:
+        """(sample of each row [R], masked [R, Lc], scored [R, Lc])."""
+        mask = batch.completion_mask
+        length = mask.shape[1]
+        if model.facts.attention == "block_causal":
+            assert model.facts.block_size is not None
+            offset = positions_from_mask(batch.key_mask)[:, batch.prompt_ids.shape[1] :] % model.facts.block_size
+            j = torch.arange(model.facts.block_size, device=mask.device)
+            samples = torch.arange(len(batch), device=mask.device).repeat_interleave(j.numel())
+            off = offset[samples]
+            jj = j.repeat(len(batch))[:, None]
+            return samples, off >= jj, (off == jj) & mask[samples]
+        samples, target = mask.nonzero(as_tuple=True)
+        pos = torch.arange(length, device=mask.device)[None, :]
+        return samples, pos >= target[:, None], pos == target[:, None]
+
+    def __call__(self, model: DiffusionLM, batch: PolicyBatch, seed: int) -> TokenScores:
+        samples, masked, scored = self.rows(model, batch)
+        parts = []
+        for s in range(0, samples.numel(), self.rows_per_forward):
+            chunk = slice(s, s + self.rows_per_forward)
+            args = (batch, samples[chunk], masked[chunk], scored[chunk])
+            if torch.is_grad_enabled():
+                parts.append(checkpoint(_scored_hidden, model, *args, use_reentrant=False))
+            else:
+                parts.append(_scored_hidden(model, *args))
+        hidden = torch.cat(parts)
+        row, pos = scored.nonzero(as_tuple=True)
+        sample = samples[row]
+        lp, ent = selected_logprobs(hidden, model.lm_head.weight, batch.completion_ids[sample, pos])
+        logp = torch.zeros(batch.completion_mask.shape, dtype=lp.dtype, device=lp.device).index_put((sample, pos), lp)
+        entropy = torch.zeros_like(logp).index_put((sample, pos), ent.detach())
+        return TokenScores(logp=logp, mask=batch.completion_mask, entropy=entropy)
+
+
+def _scored_hidden(model: DiffusionLM, batch: PolicyBatch, rows: Tensor, masked: Tensor, scored: Tensor) -> Tensor:
+    """Hidden rows [n, H] at the ``scored`` positions of the noisy copies (row-major order)."""
+    return noisy_hidden(model, batch, rows, masked)[scored]

@@ -51,16 +51,30 @@ def clipped_policy_loss(
     epsilon_high: float | None = None,
     ref_logp: Tensor | None = None,
     beta: float = 0.0,
+    ratio_level: str = "token",
+    log_ratio_clamp: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO/GRPO clipped surrogate per token, plus ``beta`` x k3 to the reference.
 
     loss_t = -min(rho_t A, clip(rho_t, 1 - epsilon, 1 + epsilon_high) A) + beta k3_t, with
     rho_t = exp(logp_t - old_logp_t), aggregated by ``weights`` (see :func:`token_weights`).
+    The upper bound only binds when A > 0, so ``epsilon_high`` is LightningRL's "wider clip for
+    positive advantages" too. ``ratio_level="sequence"`` uses one ratio per row (GSPO, IGPO, GDPO):
+    exp of the mean of logp_t - old_logp_t over the row's weighted tokens. ``log_ratio_clamp``
+    clamps the log-ratio first (LightningRL: 10).
     Returns the loss and detached weighted sums for metrics (divide by the weight total).
     """
     eps_high = epsilon if epsilon_high is None else epsilon_high
     adv = advantages[:, None]
-    ratio = torch.exp(logp - old_logp)
+    log_ratio = logp - old_logp
+    if ratio_level == "sequence":
+        counted = (weights != 0).to(log_ratio.dtype)
+        log_ratio = ((log_ratio * counted).sum(1, keepdim=True) / counted.sum(1, keepdim=True).clamp_min(1)).expand_as(logp)
+    elif ratio_level != "token":
+        raise ValueError(f"ratio_level={ratio_level!r} is not one of token, sequence")
+    if log_ratio_clamp is not None:
+        log_ratio = log_ratio.clamp(-log_ratio_clamp, log_ratio_clamp)
+    ratio = torch.exp(log_ratio)
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1 - epsilon, 1 + eps_high)
     per_token = torch.maximum(unclipped, clipped)
@@ -79,3 +93,4 @@ def clipped_policy_loss(
         loss = loss + beta * (kl * weights).sum()
         metrics["actor/kl_loss"] = (kl.detach() * w).sum()
     return loss, metrics
+

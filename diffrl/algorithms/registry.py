@@ -1,4 +1,5 @@
-"""Algorithms by name: each is a likelihood estimator, an advantage rule and a loss."""
+"""Algorithms by name: each is a likelihood estimator, an advantage rule and a loss, plus optional
+rollout hooks (decode order, group repair, group filter, token filter, an NLL term)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ from typing import Any
 
 from torch import Tensor
 
-from diffrl.algorithms.estimators import LikelihoodEstimator
+from diffrl.algorithms.advantages import Outcome
+from diffrl.algorithms.batch import PolicyBatch
+from diffrl.algorithms.estimators import LikelihoodEstimator, TokenScores
+from diffrl.rollout.config import RolloutConfig
+from diffrl.rollout.trajectory import Rollout
 
 
 @dataclass
@@ -34,16 +39,52 @@ class AlgorithmConfig:
     loss_type: str = "bnpo"
     # Reward scaling in the advantage: group, batch or none.
     scale_rewards: str = "none"
+    # The reward (a task reward's name) whose positive value marks a sample correct, for the rules
+    # that need correctness (IGPO's trigger, LightningRL's accuracy and NLL); null = total reward > 0.
+    correctness_reward: str | None = None
+
+
+@dataclass
+class RolloutContext:
+    """What a group-repair hook may call: regenerate samples (rows of the batch) with fixed tokens
+    [n, Lc] (-1 = free), tell which samples of a rollout are correct, read a sample's reference
+    text and tokenize text."""
+
+    regenerate: Callable[[Tensor, Tensor], Rollout]
+    correct: Callable[[Rollout, Tensor], Tensor]
+    reference_text: Callable[[int], str]
+    tokenize: Callable[[str], list[int]]
+    seed: int
+
+
+@dataclass
+class NLLTerm:
+    """An extra ``coef`` x token-mean NLL over the completions of the samples ``samples`` picks."""
+
+    coef: float
+    samples: Callable[[Outcome], Tensor]
 
 
 @dataclass
 class Algorithm:
-    """The three parts, composed; the trainer only calls these."""
+    """The parts, composed; the trainer only calls these.
+
+    Optional hooks (None = off), each generic so the loop never asks which algorithm it runs:
+    ``rollout_config`` rewrites the rollout settings (decode order); ``repair`` may regenerate
+    samples after scoring (returns the rollout and the index of rows it replaced);
+    ``keep`` drops samples from the update (their weight becomes 0); ``token_filter`` chooses which
+    scored tokens train, from the estimator's scores before the update; ``nll`` adds an NLL term.
+    """
 
     config: AlgorithmConfig
     estimator: LikelihoodEstimator
-    advantage: Callable[[Tensor, int], Tensor]
+    advantage: Callable[[Outcome], Tensor]
     loss: Callable[..., tuple[Tensor, dict[str, Tensor]]]
+    rollout_config: Callable[[RolloutConfig], RolloutConfig] | None = None
+    repair: Callable[[Rollout, Outcome, RolloutContext], tuple[Rollout, Tensor]] | None = None
+    keep: Callable[[Outcome], Tensor] | None = None
+    token_filter: Callable[[TokenScores, PolicyBatch], Tensor] | None = None
+    nll: NLLTerm | None = None
 
 
 _REGISTRY: dict[str, tuple[type[AlgorithmConfig], Callable[[Any], Algorithm]]] = {}

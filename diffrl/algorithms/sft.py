@@ -19,10 +19,10 @@ import torch
 from torch import Tensor
 
 from diffrl.algorithms.batch import PolicyBatch
-from diffrl.algorithms.estimators import denoiser_hidden, score_tokens
+from diffrl.algorithms.estimators import completion_uniforms, score_noisy_rows
 from diffrl.models.base import DiffusionLM
 from diffrl.models.masks import block_ids
-from diffrl.rng import STREAM_COMPLETION_MASK, STREAM_TIME, counter_uniform
+from diffrl.rng import STREAM_TIME, counter_uniform
 
 
 def masking_rates(model: DiffusionLM, batch: PolicyBatch, seed: int, eps: float = 1e-3) -> Tensor:
@@ -40,13 +40,8 @@ def masking_rates(model: DiffusionLM, batch: PolicyBatch, seed: int, eps: float 
 def masked_diffusion_loss(model: DiffusionLM, batch: PolicyBatch, seed: int, eps: float = 1e-3) -> tuple[Tensor, dict[str, Tensor]]:
     """The SFT loss over ``batch.completion_mask`` positions (the response, including its EOS fill)."""
     t = masking_rates(model, batch, seed, eps)
-    pos = torch.arange(batch.completion_ids.shape[1], device=t.device)
-    u = counter_uniform(STREAM_COMPLETION_MASK, seed, batch.sample_ids[:, None], pos[None, :])
-    masked = (u < t) & batch.completion_mask
-    noisy = torch.where(masked, model.facts.mask_token_id, batch.completion_ids)
-    noisy_input = torch.cat((batch.prompt_ids, noisy), dim=1)
-    hidden = denoiser_hidden(model, noisy_input, batch.input_ids, batch.key_mask)[:, batch.prompt_ids.shape[1] :]
-    logp, _ = score_tokens(model, hidden, batch.completion_ids, masked)
+    masked = (completion_uniforms(batch, seed) < t) & batch.completion_mask
+    logp, _ = score_noisy_rows(model, batch, torch.arange(len(batch), device=masked.device), masked, masked)
     lengths = batch.completion_mask.sum(1).clamp_min(1)
     loss = -((logp / t).sum(1) / lengths).mean()
     return loss, {"sft/loss": loss.detach(), "sft/masked_frac": masked.float().sum() / batch.completion_mask.sum().clamp_min(1)}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-REMASKING = ("low_confidence", "random", "maskgit_plus", "topk_margin", "entropy")
+REMASKING = ("low_confidence", "random", "maskgit_plus", "topk_margin", "entropy", "left_to_right")
 SCHEDULES = ("linear", "proportional")
 KV_CACHES = ("none", "prefix", "dual")
 THRESHOLD_RULES = ("fast_dllm", "dynamic")
@@ -43,6 +43,8 @@ class RolloutConfig:
     #   maskgit_plus    p(chosen token) under the tempered, top-k/top-p filtered distribution (Dream, SDAR, LLaDA2)
     #   topk_margin     top-1 minus top-2 probability of that distribution (Dream)
     #   entropy         minus its entropy (Dream)
+    #   left_to_right   none: ties go to the lower position, so the leftmost masked one commits
+    #                   first (with steps = max_completion_length: autoregressive order, JustGRPO)
     remasking: str = "low_confidence"
     # How many tokens a step commits when no threshold rule is set:
     #   linear        m // steps per step, the first m % steps steps one more, m = masks at block start (LLaDA, SDAR)
@@ -120,7 +122,7 @@ class RolloutConfig:
             raise ValueError("rollout.threshold and rollout.factor are two parallel-decoding rules; set only one")
         if self.factor is not None and self.factor <= 0:
             raise ValueError(f"rollout.factor={self.factor} must be > 0 (or null for off)")
-        if (self.threshold is not None or self.factor is not None) and self.remasking in ("random", "entropy"):
+        if (self.threshold is not None or self.factor is not None) and self.remasking in ("random", "entropy", "left_to_right"):
             raise ValueError(
                 f"rollout.threshold/factor compare probabilities, which rollout.remasking={self.remasking!r} is not; "
                 "use low_confidence, maskgit_plus or topk_margin"

@@ -33,6 +33,8 @@ def remasking_scores(remasking: str, decoded: DecodeResult, uniforms: Tensor) ->
         return -decoded.entropy.double()
     if remasking == "random":
         return uniforms
+    if remasking == "left_to_right":
+        return torch.zeros_like(uniforms)
     raise ValueError(f"rollout.remasking={remasking!r} is not a known score")
 
 

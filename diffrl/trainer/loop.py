@@ -20,7 +20,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,10 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from diffrl.algorithms import Algorithm, PolicyBatch, build_algorithm
+from diffrl.algorithms.advantages import Outcome
 from diffrl.algorithms.estimators import TokenScores
 from diffrl.algorithms.losses import token_weights
+from diffrl.algorithms.registry import RolloutContext
 from diffrl.data import PromptEncoder, PromptLoader
 from diffrl.kernels import set_backend
 from diffrl.models import DiffusionLM, load_pretrained, save_pretrained
@@ -47,7 +49,7 @@ from diffrl.trainer.logger import MetricLogger
 from diffrl.trainer.lora import apply_lora, lora_targets, merge_adapter, save_adapter
 from diffrl.trainer.optim import lr_multiplier
 from diffrl.trainer.plots import plot_reward_curve
-from diffrl.trainer.sft import sft_batch, sft_step
+from diffrl.trainer.sft import response_text, sft_batch, sft_step
 from diffrl.trainer.strategy import Strategy, build_strategy, copy_weights
 
 
@@ -142,13 +144,24 @@ def decode_completions(tokenizer: Any, rollout: Rollout) -> list[str]:
     return tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
-def generate_in_chunks(model: DiffusionLM, prompt_ids: Tensor, prompt_mask: Tensor, sample_ids: Tensor, cfg: RolloutConfig, chunk: int) -> Rollout:
-    """``generate`` over the batch in chunks of ``chunk`` samples."""
+def generate_in_chunks(
+    model: DiffusionLM, prompt_ids: Tensor, prompt_mask: Tensor, sample_ids: Tensor, cfg: RolloutConfig, chunk: int, fixed_tokens: Tensor | None = None
+) -> Rollout:
+    """``generate`` over the batch in chunks of ``chunk`` samples (``fixed_tokens``: inpainting)."""
     parts = [
-        generate(model, prompt_ids[s : s + chunk], prompt_mask[s : s + chunk], cfg, sample_ids=sample_ids[s : s + chunk])
+        generate(
+            model, prompt_ids[s : s + chunk], prompt_mask[s : s + chunk], cfg, sample_ids=sample_ids[s : s + chunk],
+            fixed_tokens=None if fixed_tokens is None else fixed_tokens[s : s + chunk],
+        )
         for s in range(0, prompt_ids.shape[0], chunk)
     ]
     return concat_rollouts(parts)
+
+
+def rollout_config(run: Run) -> RolloutConfig:
+    """The recipe's rollout settings, as the algorithm needs them (e.g. JustGRPO's decode order)."""
+    hook = run.algorithm.rollout_config
+    return hook(run.cfg.rollout) if hook is not None else run.cfg.rollout
 
 
 def rollout_batch(run: Run, rows: list[dict[str, Any]], step: int) -> tuple[Rollout, list[dict[str, Any]], int]:
@@ -162,7 +175,7 @@ def rollout_batch(run: Run, rows: list[dict[str, Any]], step: int) -> tuple[Roll
     first = (step * run.world.world_size + run.world.rank) * local
     sample_ids = torch.arange(first, first + local, device=run.world.device)
     chunk = run.cfg.trainer.rollout_batch_size or local
-    rollout = run.policy.generate(generate_in_chunks, prompt_ids, prompt_mask, sample_ids, run.cfg.rollout, chunk)
+    rollout = run.policy.generate(generate_in_chunks, prompt_ids, prompt_mask, sample_ids, rollout_config(run), chunk)
     return rollout, [r for r in rows for _ in range(group)], truncated
 
 
@@ -204,6 +217,77 @@ def gather_rewards(rewards: RewardBatch, device: torch.device) -> RewardBatch:
     )
 
 
+def outcome_of(run: Run, rollout: Rollout, rewards: RewardBatch) -> Outcome:
+    """What the advantage rule and the filters see of this rank's samples."""
+    device = run.world.device
+    return Outcome(
+        rewards=rewards.total.to(device),
+        correct=correctness(run, rewards).to(device),
+        tpf=rollout.tokens_per_forward.to(device),
+        truncated=rollout.truncated.to(device),
+        keep=torch.ones(len(rewards.total), dtype=torch.bool, device=device),
+        group_size=run.algorithm.config.num_generations,
+    )
+
+
+def correctness(run: Run, rewards: RewardBatch) -> Tensor:
+    """Samples whose ``algorithm.correctness_reward`` (default: the total reward) is positive."""
+    name = run.algorithm.config.correctness_reward
+    if name is None:
+        return rewards.total > 0
+    if name not in rewards.per_reward:
+        raise ValueError(f"algorithm.correctness_reward={name!r} is not one of this task's rewards: {', '.join(rewards.per_reward)}")
+    return rewards.per_reward[name] > 0
+
+
+def repair_rollout(run: Run, rollout: Rollout, outcome: Outcome, rows: list[dict[str, Any]], step: int) -> tuple[Rollout, Tensor, int]:
+    """The algorithm's group repair; returns the rollout, the rows it replaced and the rounds of
+    regeneration the ranks ran.
+
+    A sharded strategy gathers the weights collectively in every rollout, so ranks regenerate in
+    lockstep: before each regeneration every rank says whether it is about to regenerate, and a
+    rank with nothing (more) to regenerate joins each round with an empty rollout.
+    """
+    assert run.algorithm.repair is not None
+    rounds = [0]
+
+    def any_rank(busy: bool) -> bool:
+        flags = all_gather_rows(torch.tensor([busy], device=run.world.device), run.world.device)
+        rounds[0] += int(flags.any())
+        return bool(flags.any())
+
+    rollout, replaced = run.algorithm.repair(rollout, outcome, rollout_context(run, rollout, rows, step, any_rank))
+    while any_rank(False):
+        run.policy.generate(lambda model: None)
+    return rollout, replaced, rounds[0]
+
+
+def rollout_context(run: Run, rollout: Rollout, rows: list[dict[str, Any]], step: int, any_rank: Callable[[bool], bool]) -> RolloutContext:
+    """The group-repair hook's access to generation (announced to the other ranks through
+    ``any_rank``), rewards and the rows' reference texts."""
+    cfg = run.cfg
+    # Regenerated samples keep their slot's sample id, so they need draws of their own.
+    regen_cfg = replace(rollout_config(run), seed=int(counter_hash(cfg.rollout.seed, step, 1)))
+    chunk = cfg.trainer.rollout_batch_size or len(rows)
+
+    def regenerate(index: Tensor, fixed_tokens: Tensor) -> Rollout:
+        any_rank(True)
+        return run.policy.generate(
+            generate_in_chunks, rollout.prompt_ids[index], rollout.prompt_mask[index], rollout.sample_ids[index], regen_cfg, chunk, fixed_tokens
+        )
+
+    def correct(new: Rollout, index: Tensor) -> Tensor:
+        return correctness(run, run.rewards(decode_completions(run.tokenizer, new), [rows[i] for i in index.tolist()]))
+
+    return RolloutContext(
+        regenerate=regenerate,
+        correct=correct,
+        reference_text=lambda i: response_text(rows[i], cfg.task.sft_response_field),
+        tokenize=lambda text: run.tokenizer(text, add_special_tokens=False)["input_ids"],
+        seed=int(counter_hash(cfg.trainer.seed, step, 2)),
+    )
+
+
 def score_all(model: DiffusionLM, algorithm: Algorithm, batch: PolicyBatch, seed: int, micro_batch_size: int) -> TokenScores:
     """The estimator over the whole batch, in micro-batches (old / reference; call without grad)."""
     parts = [algorithm.estimator(model, mb, seed) for mb in batch.split(micro_batch_size)]
@@ -219,12 +303,18 @@ def policy_loss(
     advantages: Tensor,
     weights: Tensor,
     ref_logp: Tensor | None,
+    nll_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """One micro-batch's weighted loss and the weighted sums its metrics need."""
+    """One micro-batch's weighted loss and the weighted sums its metrics need (``normalized/``
+    terms are already global means)."""
     scores = algorithm.estimator(model, batch, seed)
     old = old_logp if old_logp is not None else scores.logp.detach()
     loss, terms = algorithm.loss(scores.logp, old, advantages, weights, ref_logp=ref_logp)
     terms["actor/entropy"] = (scores.entropy * weights).sum()
+    if algorithm.nll is not None and nll_weights is not None:
+        nll = -(scores.logp * nll_weights).sum()
+        loss = loss + algorithm.nll.coef * nll
+        terms["normalized/actor/nll_loss"] = nll.detach()
     return loss, terms
 
 
@@ -236,26 +326,41 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
     with timed(timings, "gen"):
         run.policy.train(False)
         rollout, rows, truncated_prompts = rollout_batch(run, run.loader.next_batch(), step)
-        run.policy.train(True)
     with timed(timings, "reward"):
         completions = decode_completions(run.tokenizer, rollout)
         rewards = run.rewards(completions, rows)
+        outcome = outcome_of(run, rollout, rewards)
+    if algo.repair is not None:
+        with timed(timings, "repair"):
+            rollout, replaced, regenerations = repair_rollout(run, rollout, outcome, rows, step)
+            if replaced.numel():
+                completions = decode_completions(run.tokenizer, rollout)
+                rewards = run.rewards(completions, rows)
+                outcome = outcome_of(run, rollout, rewards)
+    run.policy.train(True)
     with timed(timings, "adv"):
-        advantages = algo.advantage(rewards.total.to(world.device), algo.config.num_generations)
+        if algo.keep is not None:
+            outcome.keep = algo.keep(outcome)
+        advantages = algo.advantage(outcome)
 
     batch = PolicyBatch.from_rollout(rollout)
     mbs = cfg.trainer.micro_batch_size
-    global_tokens = all_reduce_sum(batch.completion_mask.sum(), world.device).item()
-    weights = token_weights(
-        batch.completion_mask, algo.config.loss_type, mbs, cfg.rollout.max_completion_length,
-        global_tokens=global_tokens, global_sequences=len(batch) * world.world_size,
-    ) / (world.world_size if algo.config.loss_type == "bnpo" else 1)
     mu = algo.config.num_iterations
     seeds = [int(counter_hash(cfg.trainer.seed, step, k)) for k in range(mu)]
     with timed(timings, "old_log_prob"), torch.no_grad():
         old = [run.policy(score_all, algo, batch, s, mbs) for s in seeds] if mu > 1 else None
     with timed(timings, "ref"), torch.no_grad():
         ref = [run.reference(score_all, algo, batch, s, mbs) for s in seeds] if run.reference is not None else None
+    trained = batch.completion_mask & outcome.keep[:, None]
+    if algo.token_filter is not None:
+        with timed(timings, "token_filter"), torch.no_grad():
+            before = old[0] if old else run.policy(score_all, algo, batch, seeds[0], mbs)
+            trained = trained & algo.token_filter(before, batch)
+    weights = loss_weights(run, trained, outcome.keep)
+    nll_weights = None
+    if algo.nll is not None:
+        nll_tokens = trained & algo.nll.samples(outcome)[:, None]
+        nll_weights = token_weights(nll_tokens, "dapo", mbs, cfg.rollout.max_completion_length, global_tokens=all_reduce_sum(nll_tokens.sum(), world.device).item())
 
     sums: dict[str, float] = defaultdict(float)
     grad_norm = 0.0
@@ -265,7 +370,7 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
                 idx = slice(s, s + mbs)
                 loss, terms = run.policy(
                     policy_loss, algo, batch.select(idx), seeds[k], old[k].logp[idx] if old else None,
-                    advantages[idx], weights[idx], ref[k].logp[idx] if ref else None,
+                    advantages[idx], weights[idx], ref[k].logp[idx] if ref else None, nll_weights[idx] if nll_weights is not None else None,
                 )
                 run.policy.backward(loss)
                 for name, value in terms.items():
@@ -274,8 +379,11 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
         lr = run.scheduler.get_last_lr()[0]
         run.scheduler.step()
 
-    metrics = global_metrics(run, rollout, rewards, advantages, weights, truncated_prompts, sums)
+    metrics = global_metrics(run, rollout, rewards, advantages, weights, outcome.keep, truncated_prompts, sums)
     metrics.update({"actor/grad_norm": grad_norm, "actor/lr": lr})
+    if algo.repair is not None:
+        metrics["rollout/repaired"] = all_reduce_sum(replaced.numel(), world.device).item()
+        metrics["rollout/repair_rollouts"] = float(regenerations)
     timings["timing_s/step"] = time.perf_counter() - start
     metrics.update(timings)
     tokens = metrics.pop("tokens")
@@ -285,16 +393,34 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
     return metrics
 
 
+def loss_weights(run: Run, trained: Tensor, keep: Tensor) -> Tensor:
+    """Per-token loss weights [B, Lc] for the ``trained`` tokens, normalised over every rank's
+    tokens and kept samples (see :func:`~diffrl.algorithms.losses.token_weights`)."""
+    cfg, world = run.cfg, run.world
+    loss_type = run.algorithm.config.loss_type
+    weights = token_weights(
+        trained, loss_type, cfg.trainer.micro_batch_size, cfg.rollout.max_completion_length,
+        global_tokens=all_reduce_sum(trained.sum(), world.device).item(),
+        global_sequences=all_reduce_sum(keep.sum(), world.device).item(),
+    )
+    return weights / (world.world_size if loss_type == "bnpo" else 1)
+
+
 def global_metrics(
-    run: Run, rollout: Rollout, rewards: RewardBatch, advantages: Tensor, weights: Tensor, truncated_prompts: int, sums: dict[str, float]
+    run: Run, rollout: Rollout, rewards: RewardBatch, advantages: Tensor, weights: Tensor, keep: Tensor, truncated_prompts: int, sums: dict[str, float]
 ) -> dict[str, float]:
     """The step's metrics over every rank's samples (``sums``: this rank's weighted actor sums),
     plus ``tokens``, the global completion-token count."""
     device = run.world.device
-    local = {**sums, "weight_total": weights.sum().item(), "tokens": rollout.completion_mask.sum().item(), "truncated_prompts": truncated_prompts}
+    local = {
+        **sums, "weight_total": weights.sum().item(), "tokens": rollout.completion_mask.sum().item(), "truncated_prompts": truncated_prompts,
+        "kept": float(keep.sum()), "samples": float(keep.numel()),
+    }
     totals = all_reduce_sums(local, device)
     weight_total = totals.pop("weight_total") or 1.0
     metrics = {k: v / weight_total for k, v in totals.items() if k.startswith("actor/")}
+    metrics.update({k.removeprefix("normalized/"): v for k, v in totals.items() if k.startswith("normalized/")})
+    metrics["critic/kept_ratio"] = totals["kept"] / max(totals["samples"], 1)
     metrics.update(gather_rewards(rewards, device).metrics())
     metrics.update(gather_rollout(rollout, device).metrics())
     all_adv = all_gather_rows(advantages, device)

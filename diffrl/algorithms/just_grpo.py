@@ -1,0 +1,68 @@
+"""JustGRPO ("The Flexibility Trap", arXiv 2601.15165; LeapLabTHU/JustGRPO grpo.py).
+
+Rollout: autoregressive order, one token per step, left to right (the leftmost masked position
+commits first, steps = completion length); evaluation keeps parallel decoding.
+Likelihood: exact for that policy, log pi(y|q) = sum_i log p(y^i | q, y^{<i}, M ... M), computed
+with many positions per batched forward rather than one forward per token.
+Advantage: group z-score (r - mean) / (std + 1e-4).
+Loss: plain GRPO, on-policy (rho = 1, the clip inert at one update), no KL, scaled
+1 / (max_completion_length x n_valid) with n_valid the samples whose advantage is non-zero
+(loss_type dr_grpo over the kept samples: groups with reward variance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from functools import partial
+
+from torch import Tensor
+
+from diffrl.algorithms.advantages import Outcome, reward_advantages
+from diffrl.algorithms.estimators import AutoregressiveLikelihood
+from diffrl.algorithms.losses import clipped_policy_loss
+from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, register_algorithm
+from diffrl.rollout.config import RolloutConfig
+
+
+@dataclass
+class JustGRPOKnobs:
+    # Likelihood rows per batched forward (each row scores one position, or one in-block offset of
+    # every block on block-causal models); bounds the memory of one forward.
+    rows_per_forward: int = 64
+
+
+@dataclass
+class JustGRPOConfig(AlgorithmConfig):
+    name: str = "just_grpo"
+    loss_type: str = "dr_grpo"
+    scale_rewards: str = "group"
+    just_grpo: JustGRPOKnobs = field(default_factory=JustGRPOKnobs)
+
+
+def autoregressive_order(cfg: RolloutConfig) -> RolloutConfig:
+    """The rollout settings decoding one token per step, leftmost first, whatever the block size."""
+    return replace(
+        cfg, remasking="left_to_right", steps=cfg.max_completion_length, schedule="linear", threshold=None, factor=None,
+        alg_temp=None, editing_threshold=None, max_post_steps=0, early_commit_margin=None,
+    )
+
+
+def groups_with_signal(outcome: Outcome) -> Tensor:
+    """Samples of the groups whose rewards differ (the others have advantage 0)."""
+    grouped = outcome.rewards.view(-1, outcome.group_size)
+    return (grouped.amax(1) > grouped.amin(1)).repeat_interleave(outcome.group_size) & outcome.keep
+
+
+@register_algorithm("just_grpo", JustGRPOConfig)
+def build(cfg: JustGRPOConfig) -> Algorithm:
+    return Algorithm(
+        config=cfg,
+        # log pi(y|q) = sum_i log p(y^i | q, y^{<i}, M...M)
+        estimator=AutoregressiveLikelihood(rows_per_forward=cfg.just_grpo.rows_per_forward),
+        # A_i = (r_i - mean) / (std + 1e-4)
+        advantage=reward_advantages("group_mean", cfg.scale_rewards),
+        # -min(rho A, clip(rho) A) / (L n_valid); rho = 1 on-policy
+        loss=partial(clipped_policy_loss, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta),
+        rollout_config=autoregressive_order,
+        keep=groups_with_signal,
+    )
