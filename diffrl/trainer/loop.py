@@ -441,6 +441,10 @@ def _train(run: Run, resolved: dict[str, Any] | None) -> dict[str, Any]:
     history: list[float] = []
     for step in range(start_step, cfg.trainer.total_steps):
         metrics = step_fn(run, step)
+        if cfg.trainer.val_every and (step + 1) % cfg.trainer.val_every == 0:
+            from diffrl.eval.validate import validate  # diffrl.eval builds on this module
+
+            metrics.update(validate(run))
         history.append(metrics.get("critic/score/mean", metrics.get("sft/loss", float("nan"))))
         logger.log(step + 1, metrics)
         if every and (step + 1) % every == 0 and run.last_samples:
