@@ -51,11 +51,12 @@ def write_byte_llada(shared: Path, folder: Path) -> Path:
     return folder
 
 
-def eval_overrides(model_dir: Path, shared: Path, out: Path, *extra: str) -> list[str]:
-    """Hydra overrides of a small CPU evaluation of the tiny model on GSM8K."""
+def eval_overrides(model_dir: Path, shared: Path, out: Path, *extra: str, task: str = "gsm8k") -> list[str]:
+    """Hydra overrides of a small CPU evaluation of the tiny model (prompts cut to their last 96
+    bytes, 16-token completions in two blocks, two tokens per step, sampled)."""
     return [
         f"model.path={model_dir}", "model.dtype=float32", "model.stop_tokens=[]", "model.gradient_checkpointing=false",
-        f"data_dir={shared / 'data'}", "task=gsm8k", "task.max_prompt_length=96",
+        f"data_dir={shared / 'data'}", f"task={task}", "task.max_prompt_length=96",
         "rollout.max_completion_length=16", "rollout.block_length=8", "rollout.steps=8", "rollout.temperature=1.0",
         "eval.reward_workers=0", "eval.device=cpu", f"eval.output_dir={out}", *extra,
     ]
