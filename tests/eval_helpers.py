@@ -13,7 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.torchrun import REPO, env
+import pytest
+
+from tests.torchrun import env
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
@@ -51,6 +53,11 @@ def write_byte_llada(shared: Path, folder: Path) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def byte_llada(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Path:
+    return write_byte_llada(shared, tmp_path_factory.mktemp("byte_llada"))
+
+
 def eval_overrides(model_dir: Path, shared: Path, out: Path, *extra: str, task: str = "gsm8k") -> list[str]:
     """Hydra overrides of a small CPU evaluation of the tiny model (prompts cut to their last 96
     bytes, 16-token completions in two blocks, two tokens per step, sampled)."""
@@ -80,5 +87,3 @@ def run_eval(tmp: Path, *overrides: str, timeout: float = 300) -> subprocess.Com
     proc = subprocess.run(eval_cmd(*overrides), cwd=tmp, env=env(tmp), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"diffrl.eval failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
-
-__all__ = ["REPO", "byte_tokenizer", "compose_eval", "eval_cmd", "eval_overrides", "run_eval", "write_byte_llada"]

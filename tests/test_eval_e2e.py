@@ -15,14 +15,9 @@ import pytest
 from diffrl.eval.runner import evaluate
 from diffrl.rewards import RewardRunner
 from diffrl.trainer.build import load_task_rows
-from tests.eval_helpers import compose_eval, eval_overrides, write_byte_llada
+from tests.eval_helpers import byte_llada, compose_eval, eval_overrides  # noqa: F401  (byte_llada: a fixture)
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def byte_llada(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Path:
-    return write_byte_llada(shared, tmp_path_factory.mktemp("byte_llada"))
 
 
 def read_records(folder: Path) -> list[dict]:
