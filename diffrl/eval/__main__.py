@@ -2,7 +2,7 @@
 
     python -m diffrl.eval model.path=/ckpt/LLaDA-8B-Instruct task=gsm8k rollout=llada_instruct
     torchrun --nproc_per_node 8 -m diffrl.eval task=humaneval eval.num_samples=10 eval.pass_k=[1,5,10]
-    python -m diffrl.eval task=gsm8k rollout=llada_fast_dllm 'eval.sweep={threshold: [0.95, 0.9, 0.7]}'
+    python -m diffrl.eval task=gsm8k rollout=llada_fast_dllm '+eval.sweep={threshold: [0.95, 0.9, 0.7]}'
     python -m diffrl.eval --cfg job                          # print the composed recipe
 
 The model/, task/ and rollout/ groups are the training recipes' (``recipes/``); the root is
