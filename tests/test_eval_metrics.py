@@ -134,3 +134,15 @@ def test_eval_recipe_uses_the_training_groups() -> None:
     recipe = compose_eval("model=llada_tiny", "task=countdown", "rollout=llada_fast_dllm")
     assert recipe.task.name == "countdown" and recipe.rollout.kv_cache == "dual" and recipe.eval.output_dir == "evals/countdown"
     assert math.isclose(recipe.rollout.threshold, 0.9)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("trainer.val_every=-1", r"trainer.val_every=-1 must be >= 0"), ("trainer.val_size=0", r"trainer.val_size=0 must be >= 1 when trainer.val_every")],
+)
+def test_bad_validation_settings_name_the_field(override: str, message: str) -> None:
+    from diffrl.trainer.config import to_config
+    from tests.test_recipes import compose_recipe
+
+    with pytest.raises(ValueError, match=message):
+        to_config(compose_recipe("trainer.val_every=5", override))

@@ -30,7 +30,7 @@ from diffrl.eval.samples import SampleScorer, reference_tokens
 from diffrl.models import DiffusionLM, load_pretrained
 from diffrl.rewards import RewardRunner
 from diffrl.rollout import RolloutConfig, generate
-from diffrl.trainer.build import TaskData, load_task_rows, load_tokenizer, prepare_model_folder, prepare_task
+from diffrl.trainer.build import TaskData, load_task_rows, load_tokenizer, prepare_model_folder, prepare_task, prompt_encoder
 from diffrl.trainer.config import TaskConfig
 from diffrl.trainer.distributed import World, barrier, init_distributed
 
@@ -84,13 +84,7 @@ def setup(recipe: EvalRecipe, world: World, out: Path) -> Evaluation:
     model_dir = prepare_model_folder(recipe.model, data, out, world)
     tokenizer = load_tokenizer(model_dir)
     model = load_pretrained(model_dir, dtype=recipe.model.dtype, device=world.device, overrides=recipe.model.overrides()).eval()
-    encoder = PromptEncoder(
-        tokenizer,
-        pad_token_id=model.facts.pad_token_id,
-        max_prompt_length=recipe.task.max_prompt_length,
-        system_prompt=recipe.task.system_prompt,
-        prompt_prefix=recipe.task.prompt_prefix,
-    )
+    encoder = prompt_encoder(tokenizer, recipe.task, model.facts.pad_token_id)
     rewards = RewardRunner(recipe.task.rewards, num_workers=cfg.reward_workers)
     scorer = SampleScorer(tokenizer, rewards, correct_reward(recipe), cfg.correct_threshold, cfg.save_trajectory)
     return Evaluation(recipe, world, model, tokenizer, encoder, rows, scorer)
