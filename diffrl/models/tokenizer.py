@@ -58,7 +58,8 @@ def load_tokenizer(folder: str | Path) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            return loader.from_pretrained(str(folder))
+            # No remote code: a config.json with auto_map (LLaDA) would otherwise ask on stdin.
+            return loader.from_pretrained(str(folder), trust_remote_code=False)
     except (ValueError, OSError) as err:
         if not (folder / "tokenizer.json").exists() and not (folder / "vocab.json").exists():
             raise CheckpointError(

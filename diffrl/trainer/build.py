@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffrl.data import DataError, load_rows
+from diffrl.data import DataError, PromptEncoder, load_rows
 from diffrl.data.synthetic import synthetic_task
 from diffrl.models import random_model, save_pretrained
 from diffrl.models.tokenizer import load_tokenizer  # noqa: F401  (re-exported for the loop)
@@ -56,6 +56,17 @@ def load_task_rows(files: list[str], rewards: list[RewardSpec]) -> list[dict[str
                 raise DataError(f"{path}: row {i}: {err}") from None
             rows.append(row)
     return rows
+
+
+def prompt_encoder(tokenizer: Any, task: TaskConfig, pad_token_id: int) -> PromptEncoder:
+    """The task's prompts as the model's chat template renders them (left-padded with ``pad_token_id``)."""
+    return PromptEncoder(
+        tokenizer,
+        pad_token_id=pad_token_id,
+        max_prompt_length=task.max_prompt_length,
+        system_prompt=task.system_prompt,
+        prompt_prefix=task.prompt_prefix,
+    )
 
 
 def prepare_model_folder(cfg: ModelConfig, task: TaskData, run_dir: Path, world: World) -> Path:

@@ -177,6 +177,10 @@ class TrainerConfig:
     log_samples_count: int = 4
     # Write a PNG of the reward curve into the run folder at the end.
     plot: bool = True
+    # Validate every N steps on the first val_size rows of task.val_files, logged as
+    # val/<task>/acc, val/<task>/tpf, ... (0 = never; see diffrl/eval/validate.py).
+    val_every: int = 0
+    val_size: int = 64
     wandb: WandbConfig = field(default_factory=WandbConfig)
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
 
@@ -228,5 +232,9 @@ def check_trainer(cfg: TrainerConfig) -> None:
             raise ValueError(f"trainer.fsdp.{name}={value!r} is not one of {', '.join(DTYPES)} or null")
     if cfg.deepspeed.stage not in (2, 3):
         raise ValueError(f"trainer.deepspeed.stage={cfg.deepspeed.stage} is not supported; use 2 or 3")
+    if cfg.val_every < 0:
+        raise ValueError(f"trainer.val_every={cfg.val_every} must be >= 0 (0 = no validation)")
+    if cfg.val_every and cfg.val_size < 1:
+        raise ValueError(f"trainer.val_size={cfg.val_size} must be >= 1 when trainer.val_every is set; use val_every=0 to turn validation off")
     if cfg.lora.enabled and cfg.lora.r <= 0:
         raise ValueError(f"trainer.lora.r={cfg.lora.r} must be positive")

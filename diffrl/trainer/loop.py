@@ -41,7 +41,7 @@ from diffrl.rewards.registry import RewardBatch
 from diffrl.rng import counter_hash
 from diffrl.rollout import RolloutConfig, generate
 from diffrl.rollout.trajectory import Rollout
-from diffrl.trainer.build import TaskData, load_tokenizer, prepare_model_folder, prepare_task
+from diffrl.trainer.build import TaskData, load_tokenizer, prepare_model_folder, prepare_task, prompt_encoder
 from diffrl.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from diffrl.trainer.config import Config
 from diffrl.trainer.distributed import World, all_gather_rows, all_reduce_sum, all_reduce_sums, init_distributed
@@ -117,13 +117,7 @@ def setup(cfg: Config, world: World) -> Run:
     elif frozen is not None:
         reference, _ = build_strategy(frozen, cfg, optim=None)
     loader = PromptLoader(task.train_rows, cfg.trainer.batch_size, seed=cfg.trainer.seed, rank=world.rank, world_size=world.world_size)
-    encoder = PromptEncoder(
-        tokenizer,
-        pad_token_id=model.facts.pad_token_id,
-        max_prompt_length=cfg.task.max_prompt_length,
-        system_prompt=cfg.task.system_prompt,
-        prompt_prefix=cfg.task.prompt_prefix,
-    )
+    encoder = prompt_encoder(tokenizer, cfg.task, model.facts.pad_token_id)
     assert scheduler is not None
     return Run(cfg, world, run_dir, model_dir, policy, reference, peft, tokenizer, algorithm, scheduler, loader, encoder, RewardRunner(cfg.task.rewards), task)
 
@@ -569,6 +563,10 @@ def _train(run: Run, resolved: dict[str, Any] | None) -> dict[str, Any]:
     history: list[float] = []
     for step in range(start_step, cfg.trainer.total_steps):
         metrics = step_fn(run, step)
+        if cfg.trainer.val_every and (step + 1) % cfg.trainer.val_every == 0:
+            from diffrl.eval.validate import validate  # diffrl.eval builds on this module
+
+            metrics.update(validate(run))
         history.append(metrics.get("critic/score/mean", metrics.get("sft/loss", float("nan"))))
         logger.log(step + 1, metrics)
         if every and (step + 1) % every == 0 and run.last_samples:
