@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 from collections import defaultdict
 from itertools import combinations
 from pathlib import Path
@@ -15,7 +16,8 @@ import pytest
 from diffrl.eval.runner import evaluate
 from diffrl.rewards import RewardRunner
 from diffrl.trainer.build import load_task_rows
-from tests.eval_helpers import byte_llada, compose_eval, eval_overrides  # noqa: F401  (byte_llada: a fixture)
+from tests.eval_helpers import byte_llada, compose_eval, eval_cmd, eval_overrides  # noqa: F401  (byte_llada: a fixture)
+from tests.torchrun import env
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -120,6 +122,15 @@ def test_a_sweep_evaluates_each_setting_and_plots_accuracy_against_tpf(byte_llad
     # 16 tokens in two blocks: 4 steps commit 4 tokens per forward, 16 steps one (fewer once a sample stops).
     assert points["steps=4"]["rollout/tpf"] > 2.5 and points["steps=16"]["rollout/tpf"] <= 1.0
     assert (tmp_path / "accuracy_vs_tpf.png").read_bytes()[:8] == PNG
+
+
+def test_the_kernels_key_reaches_the_kernel_dispatch(byte_llada: Path, shared: Path, tmp_path: Path) -> None:
+    """``eval.kernels=triton`` on CPU tensors without Triton's interpreter must refuse clearly."""
+    child = {k: v for k, v in env(tmp_path).items() if k not in ("TRITON_INTERPRET", "DIFFRL_KERNELS")}
+    cmd = eval_cmd(*eval_overrides(byte_llada, shared, tmp_path / "out", "eval.limit=1", "eval.kernels=triton"))
+    proc = subprocess.run(cmd, cwd=tmp_path, env=child, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "runs only in Triton's interpreter" in proc.stderr
 
 
 @pytest.mark.slow

@@ -118,6 +118,7 @@ def test_a_torn_last_line_is_dropped_and_never_glued_to_the_next_record(tmp_path
         ("+eval.sweep.threshold=[]", r"eval.sweep.threshold must be a non-empty list"),
         ("eval.num_samples=0", r"eval.num_samples=0 must be >= 1"),
         ("eval.pass_k=[0]", r"eval.pass_k=\[0\] must list positive k"),
+        ("eval.kernels=cuda", r"eval.kernels='cuda' is not one of auto, torch, triton"),
     ],
 )
 def test_bad_eval_settings_name_the_field(override: str, message: str) -> None:

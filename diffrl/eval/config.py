@@ -7,6 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from diffrl.kernels.dispatch import BACKENDS
 from diffrl.rollout.config import RolloutConfig
 from diffrl.trainer.config import ModelConfig, TaskConfig
 
@@ -40,6 +41,8 @@ class EvalConfig:
     reward_workers: int | None = None
     # auto (cuda if available), cpu, cuda.
     device: str = "auto"
+    # Kernel backend of every decode step: auto (Triton on CUDA when installed), torch, triton.
+    kernels: str = "auto"
     # Write PNG plots (finalization heat map; accuracy vs TPF for a sweep).
     plot: bool = True
     # Keep each sample's step map (the 0-based step that finalized each completion token) in samples.jsonl.
@@ -69,6 +72,8 @@ def to_eval_config(cfg: DictConfig | dict[str, Any]) -> EvalRecipe:
 def check_eval(recipe: EvalRecipe) -> None:
     """Reject settings that cannot run, naming the field and the fix."""
     cfg = recipe.eval
+    if cfg.kernels not in BACKENDS:
+        raise ValueError(f"eval.kernels={cfg.kernels!r} is not one of {', '.join(BACKENDS)}")
     if cfg.num_samples < 1:
         raise ValueError(f"eval.num_samples={cfg.num_samples} must be >= 1")
     if cfg.batch_size < 1:

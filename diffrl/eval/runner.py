@@ -27,6 +27,7 @@ from diffrl.eval.config import EvalRecipe, correct_reward
 from diffrl.eval.metrics import summarize, timing
 from diffrl.eval.plots import plot_accuracy_vs_tpf, plot_finalization_heatmap
 from diffrl.eval.samples import SampleScorer, reference_tokens
+from diffrl.kernels import set_backend
 from diffrl.models import DiffusionLM, load_pretrained
 from diffrl.rewards import RewardRunner
 from diffrl.rollout import RolloutConfig, generate
@@ -79,6 +80,7 @@ def held_out_rows(task: TaskConfig, out: Path, world: World) -> TaskData:
 
 def setup(recipe: EvalRecipe, world: World, out: Path) -> Evaluation:
     cfg = recipe.eval
+    set_backend(cfg.kernels)
     data = held_out_rows(recipe.task, out, world)
     rows = data.val_rows[: cfg.limit] if cfg.limit else data.val_rows
     model_dir = prepare_model_folder(recipe.model, data, out, world)
