@@ -4,6 +4,7 @@ the adapter model."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from omegaconf import OmegaConf
+
+from tests.conftest import TINY_SOURCES
 from tests.distributed_worker import REPO, recipe
+from tests.test_models_families import RECIPES as MODEL_FOLDERS
+from tests.test_recipes import GROUPS, compose_recipe
 from tests.torchrun import env
 
 
@@ -24,6 +30,23 @@ def test_targets_are_the_block_linears_and_never_the_lm_head(tiny_llada) -> None
     assert lora_targets(tiny_llada, ["ff_out"]) == ["model.transformer.blocks.0.ff_out", "model.transformer.blocks.1.ff_out"]
     with pytest.raises(ValueError, match=r"model.lora_target_modules entries \['o_proj'\].*attn_out"):
         lora_targets(tiny_llada, ["q_proj", "o_proj"])
+
+
+@pytest.mark.parametrize("name", GROUPS["model"])
+def test_every_model_recipe_names_lora_targets_that_resolve_to_the_family_default(tiny_checkpoint, shared: Path, name: str) -> None:
+    """Each model recipe states ``lora_target_modules`` (null or the family default written out),
+    and on a tiny model of its family it picks exactly the family's default modules."""
+    from diffrl.models.registry import family_class
+    from diffrl.trainer.config import to_config
+    from diffrl.trainer.lora import lora_targets
+
+    assert "lora_target_modules" in OmegaConf.load(REPO / "recipes" / "model" / f"{name}.yaml")
+    cfg = to_config(compose_recipe(f"model={name}")).model
+    config = cfg.init_config or json.loads((shared / "hf" / MODEL_FOLDERS[name][1] / "config.json").read_text())
+    family = next(f for f, (source, _) in TINY_SOURCES.items() if family_class(json.loads((shared / "hf" / source / "config.json").read_text())) is family_class(config))
+    model = tiny_checkpoint(family).load()
+    targets = lora_targets(model, cfg.lora_target_modules)
+    assert targets and targets == lora_targets(model)
 
 
 def test_lora_rl_trains_only_adapters_against_the_frozen_base_and_merges(tmp_path: Path) -> None:

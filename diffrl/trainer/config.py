@@ -35,8 +35,9 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     # Seed of a fresh model's random weights.
     init_seed: int = 0
-    # LoRA target modules: leaf names of linear layers inside the transformer blocks (null = the
-    # family's ``lora_target_modules``, else every linear layer in the blocks; never the LM head).
+    # LoRA target modules: leaf names (ff_out) or dotted suffixes (self_attn.q_proj) of linear
+    # layers inside the transformer blocks (null = the family's ``lora_target_modules``, else
+    # every linear layer in the blocks; never the LM head).
     lora_target_modules: list[str] | None = None
 
     def overrides(self) -> FactOverrides:
