@@ -1,12 +1,17 @@
 """Rollout throughput per family: the uncached loop, the cached engine and cached + threshold decoding.
 
     python scripts/bench_rollout.py --threads 1                      # every family, mid-size, this machine
+    python scripts/bench_rollout.py --size tiny --gen-length 32      # seconds: does every setting run?
     python scripts/bench_rollout.py --families llada --gen-length 64 --block-length 32
     python scripts/bench_rollout.py --device cuda --size real --batch 8 --gen-length 256
 
 Each family is a random model of its published architecture (config.json from ``--hf-root``) at
-the chosen size; the mid size also shrinks the vocabulary (``--vocab``) so that, as in the real
-models, the transformer and not the LM head dominates a forward. One run prints tokens/s, NFE and TPF of three settings and the ratios between them;
+the chosen size. ``tiny`` is the tests' size (``diffrl.models.tiny``: width 64, two or three
+layers, a 512-token vocabulary): a check in seconds that every setting runs, whose timings are
+mostly per-step overhead. ``mid`` (the default, being the size whose numbers mean something on a
+CPU) also shrinks the vocabulary (``--vocab``) so that, as in the real models, the transformer and
+not the LM head dominates a forward. ``real`` keeps the published sizes. One run prints tokens/s,
+NFE and TPF of three settings and the ratios between them;
 the agreement column is the share of tokens equal to the uncached loop's (1.00 where the cache is
 exact). Random weights have no real confidence structure: threshold decoding's parallelism depends
 on the weight scale (``--std``), so its TPF here says how the engine performs at that TPF, not what
@@ -72,8 +77,8 @@ def timed_generate(model, prompts, mask, cfg: RolloutConfig, device: str):
 def bench_family(model_type: str, args: argparse.Namespace) -> None:
     folder, mid, facts = MODELS[model_type]
     config = {**json.loads((Path(args.hf_root) / folder / "config.json").read_text()), **facts}
-    if args.size == "mid":
-        config = shrink_config(config, vocab_size=args.vocab, **mid)
+    if args.size != "real":
+        config = shrink_config(config, vocab_size=args.vocab, **(mid if args.size == "mid" else {}))
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     model = random_model(config, std=args.std, dtype=dtype).to(args.device).eval()
     facts = model.facts
@@ -106,12 +111,13 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=[m for m in MODELS if m in FAMILIES], help=f"model types among {', '.join(MODELS)}")
     shared = os.environ.get("DIFFRL_SHARED", Path(__file__).resolve().parents[2] / "shared")
     parser.add_argument("--hf-root", default=str(Path(shared) / "hf"), help="published config folders (default $DIFFRL_SHARED/hf)")
-    parser.add_argument("--size", choices=("mid", "real"), default="mid")
+    parser.add_argument("--size", choices=("tiny", "mid", "real"), default="mid")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument(
-        "--vocab", type=int, default=8192,
-        help="mid size only: vocabulary (special ids move to its top). The published 126k-152k vocabularies would make the "
-        "LM head most of a mid-size model's FLOPs, while on the real models it is about 7%% of them",
+        "--vocab", type=int, default=None,
+        help="tiny and mid sizes: vocabulary (special ids move to its top; default 512 tiny, as in the tests, and 8192 mid). "
+        "The published 126k-152k vocabularies would make the LM head most of a mid-size model's FLOPs, while on the real "
+        "models it is about 7%% of them",
     )
     parser.add_argument("--std", type=float, default=0.5, help="init std of the random weights (sharper outputs when larger)")
     parser.add_argument("--batch", type=int, default=2)
@@ -122,10 +128,12 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.9)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (1 gives steady numbers on a shared machine)")
     args = parser.parse_args()
+    if args.vocab is None:
+        args.vocab = 512 if args.size == "tiny" else 8192
     if args.threads:
         torch.set_num_threads(args.threads)
     print(
-        f"device={args.device} size={args.size} vocab={args.vocab if args.size == 'mid' else 'published'} std={args.std} "
+        f"device={args.device} size={args.size} vocab={args.vocab if args.size != 'real' else 'published'} std={args.std} "
         f"dtype={args.dtype} batch={args.batch} prompt={args.prompt_length} "
         f"gen={args.gen_length} steps={args.gen_length} T=0 threads={torch.get_num_threads()}"
     )
