@@ -1,4 +1,5 @@
-"""Where metrics go: metrics.jsonl in the run folder, Weights & Biases, and the console."""
+"""Where metrics go: metrics.jsonl in the run folder, Weights & Biases, and the console (whose
+lines are kept in the run folder's ``train.log``)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class MetricLogger:
         if not self.enabled:
             return
         self.path = run_dir / "metrics.jsonl"
+        self.log_path = run_dir / "train.log"
         if start_step == 0:
             self.path.unlink(missing_ok=True)
         else:
@@ -77,9 +79,11 @@ class MetricLogger:
         self.run.log({"samples": table}, step=step)
 
     def write(self, text: str) -> None:
-        """Print a line without breaking the progress bar."""
+        """Print a line without breaking the progress bar, and append it to ``train.log``."""
         if self.enabled:
             (self.bar.write if self.bar is not None else print)(text)
+            with open(self.log_path, "a") as f:
+                f.write(text + "\n")
 
     def close(self, summary: dict[str, Any] | None = None) -> None:
         if not self.enabled:
