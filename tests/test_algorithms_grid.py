@@ -23,9 +23,10 @@ ALGORITHMS = {
 }
 FAMILIES = ("llada", "dream", "sdar", "sdar_moe", "llada2_moe")
 # Both rewards: exact_match marks correctness (IGPO's trigger), digit_overlap is graded so a random
-# policy's groups have reward variance and the step a gradient.
+# policy's groups have reward variance and the step a gradient; two prompts, in case one group's
+# samples all score alike.
 STEP = [
-    "trainer.batch_size=1",
+    "trainer.batch_size=2",
     "algorithm.num_generations=4",
     "trainer.micro_batch_size=8",
     "algorithm.num_iterations=1",
@@ -63,7 +64,7 @@ def test_one_step_of_every_algorithm_on_every_family(tmp_path: Path, tiny_checkp
     metrics = rl_step(run, 0)
     for name in ("actor/pg_loss", "actor/entropy", "actor/grad_norm", "critic/score/mean", "response_length/mean", "timing_s/update"):
         assert math.isfinite(metrics[name]), (name, metrics[name])
-    assert metrics["actor/grad_norm"] > 0
+    assert metrics["actor/grad_norm"] > 0, {k: v for k, v in metrics.items() if k.startswith(("critic", "response", "rollout"))}
     moved = {n: not torch.equal(p, before[n]) for n, p in run.model.named_parameters()}
     # A mixture-of-experts step only trains the experts some token was routed to.
     unchanged = [n for n, m in moved.items() if not m and ".experts." not in n]

@@ -76,3 +76,16 @@ def test_prompt_encoder_left_pads_and_truncates(tmp_path: Path) -> None:
     short = PromptEncoder(tok, pad_token_id=tok.pad_token_id, max_prompt_length=4)
     ids, mask, truncated = short(rows[:2])
     assert truncated == 2 and ids.shape == (2, 4)
+
+
+def test_a_synthetic_split_does_not_move_with_the_other_split_or_the_teacher(tmp_path: Path) -> None:
+    """Validation during training and a later evaluation must see the same rows even when the
+    training recipe changes ``num_train`` or the teacher."""
+    base = DigitTask(num_train=8, num_val=16)
+    other = DigitTask(num_train=64, num_val=16, teacher_error="token_noise", teacher_accuracy=0.45)
+    a = load_rows(base.write(tmp_path / "a")["val"])
+    b = load_rows(other.write(tmp_path / "b")["val"])
+    assert [r["prompt"] for r in a] == [r["prompt"] for r in b]
+    assert [r["reward_model"] for r in a] == [r["reward_model"] for r in b]
+    train = load_rows(base.write(tmp_path / "a")["train"])
+    assert [r["prompt"] for r in a[: len(train)]] != [r["prompt"] for r in train]

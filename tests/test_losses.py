@@ -73,3 +73,16 @@ def test_kl_term_is_zero_at_the_reference_and_positive_elsewhere() -> None:
     logp = torch.randn(3, 5)
     assert torch.allclose(k3(logp, logp), torch.zeros(3, 5))
     assert (k3(logp, logp + 0.3) > 0).all()
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+def test_a_batch_with_every_sample_dropped_weighs_nothing(loss_type: str) -> None:
+    """JustGRPO and LightningRL drop groups without reward variance; when that is every group the
+    step must train nothing instead of turning the loss into 0/0."""
+    none = torch.zeros(4, 6, dtype=torch.bool)
+    weights = token_weights(none, loss_type, micro_batch_size=2, max_completion_length=6, global_tokens=0, global_sequences=0)
+    assert torch.equal(weights, torch.zeros(4, 6))
+    logp = torch.randn(4, 6, requires_grad=True)
+    loss, _ = clipped_policy_loss(logp, logp.detach(), torch.zeros(4), weights, epsilon=0.2)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(logp.grad, torch.zeros(4, 6))

@@ -22,7 +22,9 @@ def token_weights(mask: Tensor, loss_type: str, micro_batch_size: int, max_compl
     ``global_tokens`` / ``global_sequences`` are the counts over all ranks (default: local).
     """
     m = mask.float()
-    n_seq = float(global_sequences if global_sequences is not None else mask.shape[0])
+    # A batch whose every sample was dropped (no group with reward variance) trains nothing:
+    # its weights are zeros, not 0/0.
+    n_seq = max(float(global_sequences if global_sequences is not None else mask.shape[0]), 1.0)
     if loss_type == "grpo":
         return m / m.sum(1, keepdim=True).clamp_min(1) / n_seq
     if loss_type == "dapo":

@@ -61,15 +61,15 @@ class DigitTask:
         """The word-level tokenizer covering every op name, ``=`` and the ten digits."""
         return word_tokenizer([*_OPS, "=", *map(str, range(10))])
 
-    def _row(self, rng: random.Random, index: int, split: str) -> dict[str, Any]:
+    def _row(self, rng: random.Random, teacher_rng: random.Random, index: int, split: str) -> dict[str, Any]:
         digits = rng.sample(range(10), self.num_digits) if self.distinct else [rng.randrange(10) for _ in range(self.num_digits)]
         answer = _OPS[self.op](digits)
         teacher = list(answer)
         if self.teacher_error == "token_noise":
-            teacher = [d if rng.random() < self.teacher_accuracy else rng.randrange(10) for d in answer]
-        elif rng.random() >= self.teacher_accuracy:
+            teacher = [d if teacher_rng.random() < self.teacher_accuracy else teacher_rng.randrange(10) for d in answer]
+        elif teacher_rng.random() >= self.teacher_accuracy:
             while teacher == answer and len(set(digits)) > 1:
-                rng.shuffle(teacher)
+                teacher_rng.shuffle(teacher)
         return {
             "data_source": f"{self.op}_digits",
             "prompt": [{"role": "user", "content": f"{self.op} " + " ".join(map(str, digits))}],
@@ -78,15 +78,24 @@ class DigitTask:
         }
 
     def write(self, folder: str | Path) -> dict[str, str]:
-        """Write ``train.parquet`` and ``val.parquet`` into ``folder``; return their paths."""
+        """Write ``train.parquet`` and ``val.parquet`` into ``folder``; return their paths.
+
+        The training split draws prompts and teacher answers from one stream seeded by ``seed``.
+        The validation split draws them from two streams of its own, so it stays the same whatever
+        ``num_train`` or the teacher: validation during a training run and a later evaluation with
+        the plain task recipe see the same rows.
+        """
         import pandas as pd
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        rng = random.Random(self.seed)
         paths = {}
         for split, n in (("train", self.num_train), ("val", self.num_val)):
-            rows = [self._row(rng, i, split) for i in range(n)]
+            if split == "train":
+                rng = teacher_rng = random.Random(self.seed)
+            else:
+                rng, teacher_rng = random.Random(f"{self.seed}:{split}"), random.Random(f"{self.seed}:{split}:teacher")
+            rows = [self._row(rng, teacher_rng, i, split) for i in range(n)]
             paths[split] = str(folder / f"{split}.parquet")
             pd.DataFrame(rows).to_parquet(paths[split])
         return paths
