@@ -80,8 +80,9 @@ class DigitTask:
     def write(self, folder: str | Path) -> dict[str, str]:
         """Write ``train.parquet`` and ``val.parquet`` into ``folder``; return their paths.
 
-        The training split draws prompts and teacher answers from one stream seeded by ``seed``.
-        The validation split draws them from two streams of its own, so it stays the same whatever
+        The training split draws prompts and teacher answers from one stream seeded by ``seed``
+        (the rows the demo's recorded curves in docs/benchmarks.md were measured on). The
+        validation split draws them from two streams of its own, so it stays the same whatever
         ``num_train`` or the teacher: validation during a training run and a later evaluation with
         the plain task recipe see the same rows.
         """
