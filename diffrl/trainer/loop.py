@@ -39,7 +39,7 @@ from diffrl.models import DiffusionLM, load_pretrained, save_pretrained
 from diffrl.rewards import RewardRunner
 from diffrl.rewards.registry import RewardBatch
 from diffrl.rng import counter_hash
-from diffrl.rollout import RolloutConfig, generate
+from diffrl.rollout import RolloutConfig, generate_chunked
 from diffrl.rollout.trajectory import Rollout
 from diffrl.trainer.build import TaskData, load_tokenizer, prepare_model_folder, prepare_task, prompt_encoder
 from diffrl.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -142,14 +142,7 @@ def generate_in_chunks(
     model: DiffusionLM, prompt_ids: Tensor, prompt_mask: Tensor, sample_ids: Tensor, cfg: RolloutConfig, chunk: int, fixed_tokens: Tensor | None = None
 ) -> Rollout:
     """``generate`` over the batch in chunks of ``chunk`` samples (``fixed_tokens``: inpainting)."""
-    parts = [
-        generate(
-            model, prompt_ids[s : s + chunk], prompt_mask[s : s + chunk], cfg, sample_ids=sample_ids[s : s + chunk],
-            fixed_tokens=None if fixed_tokens is None else fixed_tokens[s : s + chunk],
-        )
-        for s in range(0, prompt_ids.shape[0], chunk)
-    ]
-    return concat_rollouts(parts)
+    return generate_chunked(model, prompt_ids, prompt_mask, cfg, chunk=chunk, sample_ids=sample_ids, fixed_tokens=fixed_tokens)
 
 
 def rollout_config(run: Run) -> RolloutConfig:
@@ -171,34 +164,6 @@ def rollout_batch(run: Run, rows: list[dict[str, Any]], step: int) -> tuple[Roll
     chunk = run.cfg.trainer.rollout_batch_size or local
     rollout = run.policy.generate(generate_in_chunks, prompt_ids, prompt_mask, sample_ids, rollout_config(run), chunk)
     return rollout, [r for r in rows for _ in range(group)], truncated
-
-
-def concat_rollouts(parts: list[Rollout]) -> Rollout:
-    if len(parts) == 1:
-        return parts[0]
-    width = max(p.prompt_ids.shape[1] for p in parts)
-    pad = parts[0].prompt_ids.new_full
-
-    def left_pad(t: Tensor, value: int | bool) -> Tensor:
-        return torch.cat((pad((t.shape[0], width - t.shape[1]), value, dtype=t.dtype), t), dim=1)
-
-    return Rollout(
-        prompt_ids=torch.cat([left_pad(p.prompt_ids, int(p.prompt_ids[0, 0])) for p in parts]),
-        prompt_mask=torch.cat([left_pad(p.prompt_mask, False) for p in parts]),
-        **{k: torch.cat([getattr(p, k) for p in parts]) for k in COMPLETION_FIELDS},
-        stop_token_ids=parts[0].stop_token_ids,
-    )
-
-
-COMPLETION_FIELDS = ("completion_ids", "step_map", "confidence", "logprob", "fixed_mask", "nfe", "sample_ids")
-
-
-def gather_rollout(rollout: Rollout, device: torch.device) -> Rollout:
-    """Every rank's completions and their records, for global metrics (prompts left out: each
-    rank pads them to its own width)."""
-    fields = {k: all_gather_rows(getattr(rollout, k), device) for k in COMPLETION_FIELDS}
-    none = fields["completion_ids"][:, :0]
-    return Rollout(prompt_ids=none, prompt_mask=none.bool(), stop_token_ids=rollout.stop_token_ids, **fields)
 
 
 def gather_rewards(rewards: RewardBatch, device: torch.device) -> RewardBatch:
@@ -416,7 +381,7 @@ def global_metrics(
     metrics.update({k.removeprefix("normalized/"): v for k, v in totals.items() if k.startswith("normalized/")})
     metrics["critic/kept_ratio"] = totals["kept"] / max(totals["samples"], 1)
     metrics.update(gather_rewards(rewards, device).metrics())
-    metrics.update(gather_rollout(rollout, device).metrics())
+    metrics.update(rollout.gather(device).metrics())
     all_adv = all_gather_rows(advantages, device)
     metrics.update(
         {
