@@ -138,6 +138,11 @@ class Rollout:
         """TPF per sample: decoded completion tokens over the forwards the sample took part in."""
         return metrics.tokens_per_forward(self.step_map, self.completion_mask, self.nfe)
 
+    def decode(self, tokenizer: Any) -> list[str]:
+        """Completion text up to and including the first stop token, special tokens dropped."""
+        ids = [row[mask].tolist() for row, mask in zip(self.completion_ids.cpu(), self.completion_mask.cpu())]
+        return tokenizer.batch_decode(ids, skip_special_tokens=True)
+
     def metrics(self) -> dict[str, float]:
         return metrics.rollout_metrics(self.step_map, self.completion_mask, self.nfe, self.nfe_cache, self.truncated, num_edits=len(self.edits))
 
