@@ -29,6 +29,7 @@ from diffrl.rewards.registry import register_reward  # noqa: E402
 # samples per step, 4 samples per micro-batch (so 2 ranks split exactly into the 1-process
 # micro-batches), two inner updates (old log-probs) and a KL reference, activation checkpointing.
 STEP_OVERRIDES = [
+    "recipe=demo",
     "trainer.batch_size=4",
     "algorithm.num_generations=4",
     "trainer.micro_batch_size=4",
