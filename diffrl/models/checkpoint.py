@@ -251,9 +251,11 @@ def random_model(
     seed: int = 0,
     std: float = 0.02,
     overrides: FactOverrides | None = None,
+    files: FolderFiles | None = None,
 ) -> DiffusionLM:
-    """A randomly initialised model of a config (for tiny test checkpoints and the CPU demo)."""
-    model = build_model(folder_or_config, overrides=overrides)
+    """A randomly initialised model of a config (for tiny test checkpoints and the CPU demo);
+    ``files`` supplies token facts from a folder's tokenizer files."""
+    model = build_model(folder_or_config, overrides=overrides, files=files)
     model.to_empty(device="cpu")
     model.init_weights(std=std, generator=torch.Generator().manual_seed(seed))
     return model.to(dtype)
