@@ -66,19 +66,11 @@ def test_a_source_without_tokenizer_files_stops_with_the_reason(family: str, sha
     assert "has no tokenizer.json (nor vocab.json + merges.txt)" in capsys.readouterr().err
 
 
-def test_model_only_writes_a_small_vocabulary_and_missing_facts_stop_it(shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    source = shared / "hf" / "LLaDA2.1-mini"
+def test_a_smaller_vocabulary_needs_model_only(shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """(The --model-only checkpoints themselves: tests/test_models_tiny.py.)"""
     with pytest.raises(SystemExit):
-        make(source, tmp_path / "no_flags", "--model-only", "--vocab-size", "512")
-    assert "no mask token id" in capsys.readouterr().err and not (tmp_path / "no_flags").exists()
-    with pytest.raises(SystemExit):
-        make(source, tmp_path / "no_model_only", "--vocab-size", "512", "--mask-token-id", "511", "--eos-token-id", "510", "--block-size", "32")
-    assert "add --model-only" in capsys.readouterr().err
-    make(source, tmp_path / "tiny", "--model-only", "--vocab-size", "512", "--mask-token-id", "511", "--eos-token-id", "510", "--block-size", "32")
-    from diffrl.models import FactOverrides
-
-    facts = read_facts(tmp_path / "tiny", overrides=FactOverrides(mask_token_id=511, eos_token_id=510, block_size=32))
-    assert facts.vocab_size == 512 and facts.mask_token_id == 511
+        make(shared / "hf" / "SDAR-1dot7B-Chat", tmp_path / "tiny", "--vocab-size", "512")
+    assert "add --model-only" in capsys.readouterr().err and not (tmp_path / "tiny").exists()
 
 
 @pytest.mark.slow
