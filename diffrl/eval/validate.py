@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from diffrl.errors import DiffrlConfigError
 from diffrl.eval.metrics import means, totals
 from diffrl.eval.samples import SampleScorer
 from diffrl.trainer.distributed import all_reduce_sums
@@ -28,7 +29,7 @@ def validate(run: Run) -> dict[str, float]:
     cfg, world = run.cfg, run.world
     rows = run.task.val_rows[: cfg.trainer.val_size]
     if len(rows) < world.world_size:
-        raise ValueError(
+        raise DiffrlConfigError(
             f"trainer.val_size={cfg.trainer.val_size} leaves {len(rows)} validation rows for {world.world_size} ranks; "
             "give every rank at least one row (raise trainer.val_size or add task.val_files)"
         )

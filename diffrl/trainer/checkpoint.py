@@ -131,13 +131,14 @@ def save_checkpoint(
     except (Exception, CheckpointException) as err:  # CheckpointException is a BaseException
         failure = err
     if _any_rank(failure is not None):
-        _barrier()
+        # Every rank learns whether some rank's disk filled up, so all report the same error.
+        full = _any_rank(failure is not None and _disk_full(failure))
         if _rank() == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         _barrier()
-        if failure is None or not _disk_full(failure):
-            raise failure or RuntimeError(f"another rank failed to write checkpoint {final}; see its output")
-        raise CheckpointSpaceError(_space_message(root, final, need)) from failure
+        if full:
+            raise CheckpointSpaceError(_space_message(root, final, need)) from failure
+        raise failure or RuntimeError(f"another rank failed to write checkpoint {final}; see its output")
     if _rank() == 0:
         (tmp / COMPLETE).write_text(str(step))
         shutil.rmtree(final, ignore_errors=True)
