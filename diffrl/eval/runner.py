@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from diffrl.data import DataError, PromptEncoder
+from diffrl.errors import DiffrlConfigError
 from diffrl.eval import records as jsonl
 from diffrl.eval.config import EvalRecipe, correct_reward
 from diffrl.eval.metrics import summarize, timing
@@ -118,7 +119,7 @@ def check_settings(folder: Path, current: dict[str, Any]) -> None:
         if stored.get(section, {}).get(name) != value
     ]
     if changed:
-        raise ValueError(
+        raise DiffrlConfigError(
             f"{folder} holds samples of a different evaluation ({'; '.join(changed)}); "
             "use a new eval.output_dir, or eval.resume=false to discard them"
         )
