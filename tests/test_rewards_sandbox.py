@@ -7,7 +7,6 @@ also tested alone (audit hook off) where the machine grants them: the run report
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ LIMITS = SandboxLimits(cpu_seconds=2, wall_seconds=10, memory_mb=1024, output_by
 
 
 def plan(solution: str, *asserts: str) -> dict:
-    return {"solution": solution, "candidate": None, "bind_as": None, "setup": "", "steps": [{"code": a, "test": True} for a in asserts or ("assert escape() == 1",)]}
+    return {"solution": solution, "context": "", "names": ["escape"], "candidate": None, "bind_as": None, "setup": "", "steps": [{"code": a, "test": True} for a in asserts or ("assert escape() == 1",)]}
 
 
 def sandbox_processes() -> list[int]:
@@ -143,40 +142,25 @@ def test_writing_outside_its_directory(tmp_path: Path) -> None:
     assert inside.passed == 1
 
 
-def test_writing_outside_without_the_audit_hook_is_refused_by_file_permissions(tmp_path: Path) -> None:
+def test_writing_outside_without_the_audit_hook_finds_a_read_only_root(tmp_path: Path) -> None:
     target = tmp_path / "escaped.txt"
     write = f"def escape():\n    open({str(target)!r}, 'w').write('x')\n    return 1\n"
     result = run_tests(plan(write), LIMITS, audit=False)
-    if "uid" in result.layers:
-        assert result.reason == "wrong" and "PermissionError" in result.detail
-        assert not target.exists()
-    else:
-        assert result.passed == 1 and target.exists()
+    assert "ro_root" in result.layers
+    # The host's folders are not in the sandbox's root at all.
+    assert result.reason == "wrong" and "FileNotFoundError" in result.detail
+    assert not target.exists()
 
 
-def test_the_parents_environment_is_not_visible(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_parents_environment_and_processes_are_not_visible(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DIFFRL_TEST_SECRET", "hunter2")
     from_env = "import os\ndef escape():\n    return int('hunter2' in repr(dict(os.environ)))\n"
-    from_proc = "import os\ndef escape():\n    return int('hunter2' in open(f'/proc/{os.getppid()}/environ').read())\n"
-    env_result = run_tests(plan(from_env), LIMITS)
-    proc_result = run_tests(plan(from_proc), LIMITS)
-    assert env_result.reason == "wrong" and env_result.passed == 0
-    assert proc_result.reason == "sandbox_violation" and "/proc/" in proc_result.detail
-    unguarded = run_tests(plan(from_proc), LIMITS, audit=False)
-    if "uid" in unguarded.layers:
-        assert unguarded.reason == "wrong" and "PermissionError" in unguarded.detail
-
-
-def test_killing_the_parent() -> None:
-    kill = "import os, signal\ndef escape():\n    os.kill(os.getppid(), signal.SIGKILL)\n    return 1\n"
-    result = run_tests(plan(kill), LIMITS)
-    assert result.reason == "sandbox_violation" and "os.kill" in result.detail
-    # Alone, the uid layer: signal 0 only asks whether a signal would be allowed.
-    probe = "import os\ndef escape():\n    os.kill(os.getppid(), 0)\n    return 1\n"
-    unguarded = run_tests(plan(probe), LIMITS, audit=False)
-    if "uid" in unguarded.layers:
-        assert unguarded.reason == "wrong" and "PermissionError" in unguarded.detail
-    os.kill(os.getpid(), 0)  # and we are still here
+    # In its own pid namespace the candidate is pid 1 with no parent, and there is no /proc.
+    from_proc = "import os\ndef escape():\n    return int(os.getppid() != 0 or os.path.exists('/proc/1'))\n"
+    for audit in (True, False):
+        for source in (from_env, from_proc):
+            result = run_tests(plan(source), LIMITS, audit=audit)
+            assert (result.passed, result.reason) == (0, "wrong"), result
 
 
 def test_printing_100_mb() -> None:
@@ -220,11 +204,10 @@ def test_code_reward_reasons_for_escapes(shared: Path) -> None:
     completions = [
         "def square_perimeter(a):\n    return 4 * a\n",
         "def square_perimeter(a):\n    while True:\n        pass\n",
-        "import os\ndef square_perimeter(a):\n    os.kill(os.getppid(), 9)\n",
+        "import socket\ndef square_perimeter(a):\n    socket.socket()\n    return 4 * a\n",
     ]
     scores = code_reward(completions, [row] * 3, cpu_seconds=2, wall_seconds=10)
     assert [(s.value, s.reason) for s in scores] == [(1.0, ""), (0.0, "timeout"), (0.0, "sandbox_violation")]
-    assert signal.SIGKILL  # the test process survived the attempt
 
 
 def sandbox_boots() -> list[int]:

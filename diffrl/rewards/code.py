@@ -13,6 +13,7 @@ iteration, as in HumanEval+); the other statements are setup. MBPP: one test per
 from __future__ import annotations
 
 import ast
+import builtins
 import json
 import re
 import textwrap
@@ -151,18 +152,37 @@ def ground_truth_kind(row: dict[str, Any]) -> str:
     )
 
 
+@lru_cache(maxsize=512)
+def _free_names(asserts: tuple[str, ...]) -> list[str]:
+    """Names the asserts read but do not define and Python does not provide: what the checker
+    asks the candidate for (MBPP's function under test, a module the solution imported)."""
+    loaded, stored = [], set()
+    for source in asserts:
+        tree = parse_python(source)
+        for node in ast.walk(tree) if tree is not None else ():
+            if isinstance(node, ast.Name):
+                (stored.add(node.id) if isinstance(node.ctx, ast.Store) else loaded.append(node.id))
+    return [n for n in dict.fromkeys(loaded) if n not in stored and not hasattr(builtins, n)]
+
+
 def plan_for(completion: str, row: dict[str, Any]) -> dict[str, Any] | None:
-    """What the sandbox runs for one completion, or None if there is no parsable code in it."""
+    """What the sandbox runs for one completion, or None if there is no parsable code in it.
+
+    ``solution`` runs in the candidate process; ``context`` (the prompt's code), ``setup`` and
+    ``steps`` (the row's tests) run in the trusted checker, which gets the candidate's ``names``
+    through the data-only protocol and binds ``candidate`` to the test's ``bind_as`` parameter.
+    """
     if ground_truth_kind(row) == "asserts":
         solution = extract_code(completion)
-        plan = {"candidate": None, "bind_as": None, "setup": "", "steps": [{"code": a, "test": True} for a in _assert_list(row["reward_model"]["ground_truth"]) or []]}
+        asserts = tuple(_assert_list(row["reward_model"]["ground_truth"]) or [])
+        plan = {"context": "", "names": _free_names(asserts), "candidate": None, "bind_as": None, "setup": "", "steps": [{"code": a, "test": True} for a in asserts]}
     else:
         prompt = prompt_code(row)
         name = entry_point(prompt)
         code = extract_code(completion, name)
         solution = assemble_humaneval(prompt, code, name) if code.strip() else ""
         param, setup, steps = _check_steps(row["reward_model"]["ground_truth"])
-        plan = {"candidate": name, "bind_as": param, "setup": setup, "steps": steps}
+        plan = {"context": prompt, "names": [name], "candidate": name, "bind_as": param, "setup": setup, "steps": steps}
     if not solution.strip() or parse_python(solution) is None:
         return None
     return {"solution": solution, **plan}
