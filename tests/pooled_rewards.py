@@ -30,6 +30,6 @@ def hangs_on_b(completions: list[str], rows: list[dict]) -> list[float]:
     return [1.0] * len(completions)
 
 
-@register_reward("test_worker_pid", pooled=True)
+@register_reward("test_worker_pid", pooled=True, bounds=(0, 1 << 22))
 def worker_pid(completions: list[str], rows: list[dict]) -> list[float]:
     return [float(os.getpid())] * len(completions)

@@ -20,7 +20,7 @@ import textwrap
 from functools import lru_cache
 from typing import Any
 
-from diffrl.rewards.extract import parse_python, python_blocks
+from diffrl.rewards.extract import parse_python, python_blocks, tail
 from diffrl.rewards.registry import PARSE_FAILURE, WRONG, Score, register_reward
 from diffrl.rewards.sandbox import SandboxLimits, SandboxResult, run_tests
 
@@ -45,6 +45,7 @@ def extract_code(text: str, entry_point: str | None = None) -> str:
     """The code in a completion: the last fenced Python block (preferring one that defines
     ``entry_point``, an unclosed final fence included), else MBPP's ``[BEGIN] 'code' [DONE]``,
     else the text itself up to any stray fence."""
+    text = tail(text)
     blocks = python_blocks(text)
     if blocks:
         defining = [b for b in blocks if entry_point and _defines(b, entry_point)]
