@@ -14,27 +14,14 @@ from pathlib import Path
 import pytest
 
 from diffrl.rewards.code import code_reward
-from diffrl.rewards.sandbox import UID_BASE, SandboxLimits, run_tests
+from diffrl.rewards.sandbox import SandboxLimits, run_tests
+from tests.sandbox_helpers import own_sandboxes, run_leftovers
 
 LIMITS = SandboxLimits(cpu_seconds=2, wall_seconds=10, memory_mb=1024, output_bytes=1 << 20)
 
 
 def plan(solution: str, *asserts: str) -> dict:
     return {"solution": solution, "context": "", "names": ["escape"], "candidate": None, "bind_as": None, "setup": "", "steps": [{"code": a, "test": True} for a in asserts or ("assert escape() == 1",)]}
-
-
-def sandbox_processes() -> list[int]:
-    """Live processes running under any sandbox uid."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                fields = dict(line.split(":", 1) for line in open(f"/proc/{entry.name}/status") if ":" in line)
-            except OSError:
-                continue
-            if int(fields["Uid"].split()[0]) >= UID_BASE and not fields["State"].strip().startswith("Z"):
-                found.append(int(entry.name))
-    return found
 
 
 @pytest.fixture()
@@ -78,7 +65,7 @@ def test_fork_bomb() -> None:
     bomb = "import os\ndef escape():\n    while True:\n        os.fork()\n"
     result = run_tests(plan(bomb), LIMITS)
     assert result.reason == "sandbox_violation" and "os.fork" in result.detail
-    assert sandbox_processes() == []
+    assert run_leftovers(result) == []
 
 
 def test_fork_bomb_without_the_audit_hook_is_held_by_the_process_limit() -> None:
@@ -103,8 +90,8 @@ def test_fork_bomb_without_the_audit_hook_is_held_by_the_process_limit() -> None
     )
     result = run_tests(plan(bomb, f"assert escape() < {LIMITS.max_processes}"), LIMITS, audit=False)
     assert (result.passed, result.total) == (1, 1) and "nproc" in result.layers
-    # The children it left sleeping are gone: the process group and the run's uid are swept.
-    assert sandbox_processes() == []
+    # The children it left sleeping are gone: they died with pid 1 of the run's namespace.
+    assert run_leftovers(result) == []
 
 
 def test_allocating_10_gb() -> None:
@@ -192,9 +179,10 @@ def test_the_run_directory_is_removed_and_nothing_is_left_running(tmp_path: Path
 
     monkeypatch.setattr(tempfile, "tempdir", None)
     locked = "import os\nos.mkdir('d')\nopen('d/f', 'w').write('x')\nos.chmod('d', 0)\ndef escape():\n    return 1\n"
-    assert run_tests(plan(locked), LIMITS).passed == 1
+    result = run_tests(plan(locked), LIMITS)
+    assert result.passed == 1
     assert list(tmp_path.iterdir()) == []
-    assert sandbox_processes() == []
+    assert run_leftovers(result) == []
 
 
 def test_code_reward_reasons_for_escapes(shared: Path) -> None:
@@ -210,21 +198,6 @@ def test_code_reward_reasons_for_escapes(shared: Path) -> None:
     assert [(s.value, s.reason) for s in scores] == [(1.0, ""), (0.0, "timeout"), (0.0, "sandbox_violation")]
 
 
-def sandbox_boots() -> list[int]:
-    """Live sandbox processes, found by their command line (works with or without a uid of their own)."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                cmdline = open(f"/proc/{entry.name}/cmdline", "rb").read()
-                state = next(line for line in open(f"/proc/{entry.name}/status") if line.startswith("State:"))
-            except (OSError, StopIteration):
-                continue
-            if b"sandbox_boot.py" in cmdline and "Z" not in state.split()[1]:
-                found.append(int(entry.name))
-    return found
-
-
 def test_a_sample_past_the_pools_deadline_leaves_no_process_or_directory(shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from diffrl.data import load_rows
     from diffrl.rewards import RewardRunner, RewardSpec
@@ -238,9 +211,9 @@ def test_a_sample_past_the_pools_deadline_leaves_no_process_or_directory(shared:
         out = runner([sleeper], [row])
         assert out.reasons["code"] == ["timeout"]
         deadline = time.monotonic() + 5
-        while sandbox_boots() and time.monotonic() < deadline:
+        while own_sandboxes() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert sandbox_boots() == []
+        assert own_sandboxes() == []
     assert list(tmp_path.iterdir()) == []
 
 
