@@ -16,13 +16,14 @@ import ast
 import builtins
 import json
 import re
+import sys
 import textwrap
 from functools import lru_cache
 from typing import Any
 
 from diffrl.rewards.extract import parse_python, python_blocks, tail
 from diffrl.rewards.registry import PARSE_FAILURE, WRONG, Score, register_reward
-from diffrl.rewards.sandbox import SandboxLimits, SandboxResult, run_tests
+from diffrl.rewards.sandbox import ALL_LAYERS, SandboxLimits, SandboxResult, missing_verdict_layers, run_tests, sandbox_layers
 
 _MODES = ("fraction", "all")
 _CHECK_DEF = re.compile(r"^def check\(\s*\w+", re.MULTILINE)
@@ -205,6 +206,22 @@ def _check_row(row: dict[str, Any]) -> None:
         entry_point(prompt_code(row))
 
 
+@lru_cache(maxsize=2)
+def check_sandbox(allow_unsafe_code: bool) -> tuple[str, ...]:
+    """Print the sandbox layers this machine gives (once per process) and refuse to go on without
+    the verdict isolation unless ``allow_unsafe_code``."""
+    layers = sandbox_layers()
+    missing = missing_verdict_layers()
+    absent = [layer for layer in ALL_LAYERS if layer not in layers]
+    print(f"code reward sandbox: layers {', '.join(layers)}" + (f"; NOT available here: {', '.join(absent)}" if absent else ""), file=sys.stderr, flush=True)
+    if missing and not allow_unsafe_code:
+        raise ValueError(
+            f"the code reward's sandbox cannot keep the verdict out of the sample's reach on this machine (missing: {', '.join(missing)}; "
+            "it needs root for a uid and pid namespace of the checker's own); run as root, or set task.allow_unsafe_code=true to accept it"
+        )
+    return layers
+
+
 @register_reward("code", check_row=_check_row, pooled=True)
 def code_reward(
     completions: list[str],
@@ -214,16 +231,22 @@ def code_reward(
     cpu_seconds: int = 10,
     wall_seconds: float = 30.0,
     memory_mb: int = 2048,
+    disk_mb: int = 64,
+    allow_unsafe_code: bool = False,
 ) -> list[Score]:
-    """Run each completion's code against its row's tests in a sandbox (one process per sample).
+    """Run each completion's code against its row's tests in a sandbox (a checker and a
+    sandboxed candidate per sample).
 
     ``mode``: ``fraction`` (DiffuCoder/open-r1: share of tests passed) or ``all`` (pass@1: 1 only if
     every test passes). A sample that breaks a sandbox rule scores 0 (sandbox_violation), one that
-    runs out of time 0 (timeout), one without parsable code 0 (parse_failure).
+    runs out of time 0 (timeout), one without parsable code 0 (parse_failure). The first call
+    (the runner's start-up check, with no samples) prints the layers that hold and refuses to run
+    without verdict isolation unless ``allow_unsafe_code``.
     """
     if mode not in _MODES:
         raise ValueError(f"code reward mode {mode!r} is not one of {', '.join(_MODES)}")
-    limits = SandboxLimits(cpu_seconds=cpu_seconds, wall_seconds=wall_seconds, memory_mb=memory_mb)
+    check_sandbox(bool(allow_unsafe_code))
+    limits = SandboxLimits(cpu_seconds=cpu_seconds, wall_seconds=wall_seconds, memory_mb=memory_mb, disk_mb=disk_mb)
     scores = []
     for text, row in zip(completions, rows):
         plan = plan_for(text, row)

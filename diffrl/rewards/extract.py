@@ -43,16 +43,19 @@ def last_boxed(text: str) -> str | None:
 
 
 def tag_content(text: str, tag: str) -> str | None:
-    """Content of the last ``<tag>...</tag>`` pair: the last closing tag and the nearest opening
-    tag before it (two reverse scans, never a backtracking search)."""
+    """Content of the last ``<tag>...</tag>`` pair: the last opening tag that a closing tag
+    follows, up to the first closing tag after it (reverse and forward ``str`` scans, never a
+    backtracking search)."""
     text = tail(text)
-    close = text.rfind(f"</{tag}>")
-    if close < 0:
+    opening, closing = f"<{tag}>", f"</{tag}>"
+    last_close = text.rfind(closing)
+    if last_close < 0:
         return None
-    opening = text.rfind(f"<{tag}>", 0, close)
-    if opening < 0:
+    start = text.rfind(opening, 0, last_close)
+    if start < 0:
         return None
-    return text[opening + len(tag) + 2 : close]
+    start += len(opening)
+    return text[start : text.find(closing, start)]
 
 
 def answer_tag(text: str) -> str | None:

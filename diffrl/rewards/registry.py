@@ -293,10 +293,13 @@ class RewardRunner:
     to stop the workers (they also stop when this process exits).
     """
 
-    def __init__(self, specs: Sequence[RewardSpec], *, num_workers: int | None = None, sample_timeout_s: float = 120.0) -> None:
+    def __init__(self, specs: Sequence[RewardSpec], *, num_workers: int | None = None, sample_timeout_s: float = 120.0, allow_unsafe_code: bool = False) -> None:
         if not specs:
             raise ValueError("task.rewards is empty; name at least one reward")
         self.specs = list(specs)
+        if allow_unsafe_code:
+            # task.allow_unsafe_code reaches every reward that takes the option (the code reward).
+            self.specs = [_with_option(spec, "allow_unsafe_code", True) for spec in self.specs]
         entries = [entry_for(spec) for spec in self.specs]
         names = [spec.name for spec in self.specs]
         if len(set(names)) != len(names):
@@ -376,6 +379,13 @@ class RewardRunner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _with_option(spec: RewardSpec, key: str, value: Any) -> RewardSpec:
+    """``spec`` with ``key=value`` added to its kwargs if its function takes that option."""
+    if key in spec.kwargs or key not in inspect.signature(entry_for(spec).fn).parameters:
+        return spec
+    return RewardSpec(spec.name, spec.weight, {**spec.kwargs, key: value}, spec.fn, spec.pooled, spec.bounds)
 
 
 def _check_kwargs(spec: RewardSpec, fn: RewardFn) -> None:

@@ -55,6 +55,8 @@ CHECKER_UID_OFFSET = 1 << 22
 # What must hold for the verdict to be out of the sample's reach; without it the code reward
 # refuses to run unless told ``allow_unsafe_code``.
 VERDICT_LAYERS = ("verdict",)
+# Every layer a run can report, strongest first (docs/rewards.md says what each stops).
+ALL_LAYERS = ("verdict", "split", "mntns", "ro_root", "disk_quota", "pidns", "netns", "ipcns", "uid", "nproc", "rlimits", "pdeathsig", "audit")
 _REASONS = ("", WRONG, TIMEOUT, SANDBOX_VIOLATION)
 _STDERR_KEPT = 4096
 _REPORT_MAX = 1 << 20

@@ -66,8 +66,11 @@ class TaskConfig:
     prompt_prefix: str = ""
     # Prompts longer than this keep their last tokens.
     max_prompt_length: int = 256
-    # Rewards and their weights: [{name, weight, kwargs}].
+    # Rewards and their weights: [{name, weight, kwargs}], or your own function:
+    # [{fn: my_pkg.my_module:my_reward (or path/to/file.py:my_reward), weight, kwargs, pooled, bounds}].
     rewards: list[RewardSpec] = field(default_factory=list)
+    # Run the code reward even where the sandbox cannot keep its verdict out of the sample's reach.
+    allow_unsafe_code: bool = False
     # Dotted field holding a reference response, for supervised warm starts.
     sft_response_field: str = "extra_info.answer"
 

@@ -119,7 +119,7 @@ def setup(cfg: Config, world: World) -> Run:
     loader = PromptLoader(task.train_rows, cfg.trainer.batch_size, seed=cfg.trainer.seed, rank=world.rank, world_size=world.world_size)
     encoder = prompt_encoder(tokenizer, cfg.task, model.facts.pad_token_id)
     assert scheduler is not None
-    return Run(cfg, world, run_dir, model_dir, policy, reference, peft, tokenizer, algorithm, scheduler, loader, encoder, RewardRunner(cfg.task.rewards), task)
+    return Run(cfg, world, run_dir, model_dir, policy, reference, peft, tokenizer, algorithm, scheduler, loader, encoder, RewardRunner(cfg.task.rewards, allow_unsafe_code=cfg.task.allow_unsafe_code), task)
 
 
 def _adapter_disabled(peft: Any, policy: Strategy) -> Callable[..., Any]:
