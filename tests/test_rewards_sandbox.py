@@ -221,3 +221,26 @@ def test_a_file_over_the_size_limit() -> None:
     big = "def escape():\n    with open('big.bin', 'wb') as f:\n        f.write(b'x' * (32 * 1024 * 1024))\n    return 1\n"
     result = run_tests(plan(big), SandboxLimits(file_size_mb=16, memory_mb=1024))
     assert result.reason == "sandbox_violation" and "file over 16 MB" in result.detail
+
+
+def test_cleanup_removes_a_deep_locked_tree(tmp_path: Path) -> None:
+    # The non-root path's run folder is a real directory: 1,100 levels and a chmod 0 inside.
+    from diffrl.rewards.sandbox import remove_tree
+
+    top = tmp_path / "run"
+    path = str(top)
+    os.mkdir(path)
+    for _ in range(1100):
+        path += "/d"
+        os.mkdir(path)  # os.makedirs would recurse past Python's limit
+    (top / "d" / "d").chmod(0)
+    remove_tree(str(top))
+    assert not top.exists()
+
+
+def test_the_start_up_check_prints_the_layers(capfd: pytest.CaptureFixture[str]) -> None:
+    from diffrl.rewards import RewardRunner, RewardSpec
+
+    RewardRunner([RewardSpec("code")], num_workers=0)
+    line = capfd.readouterr().err
+    assert line.startswith("code reward sandbox: layers ") and "verdict" in line and "ro_root" in line

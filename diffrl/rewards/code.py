@@ -208,18 +208,22 @@ def _check_row(row: dict[str, Any]) -> None:
 
 @lru_cache(maxsize=2)
 def check_sandbox(allow_unsafe_code: bool) -> tuple[str, ...]:
-    """Print the sandbox layers this machine gives (once per process) and refuse to go on without
+    """The sandbox layers this machine gives (probed once per process); refuses to go on without
     the verdict isolation unless ``allow_unsafe_code``."""
     layers = sandbox_layers()
     missing = missing_verdict_layers()
-    absent = [layer for layer in ALL_LAYERS if layer not in layers]
-    print(f"code reward sandbox: layers {', '.join(layers)}" + (f"; NOT available here: {', '.join(absent)}" if absent else ""), file=sys.stderr, flush=True)
     if missing and not allow_unsafe_code:
         raise ValueError(
             f"the code reward's sandbox cannot keep the verdict out of the sample's reach on this machine (missing: {', '.join(missing)}; "
             "it needs root for a uid and pid namespace of the checker's own); run as root, or set task.allow_unsafe_code=true to accept it"
         )
     return layers
+
+
+def report_layers(layers: tuple[str, ...]) -> None:
+    """One start-up line: the layers that hold and those this machine does not give."""
+    absent = [layer for layer in ALL_LAYERS if layer not in layers]
+    print(f"code reward sandbox: layers {', '.join(layers)}" + (f"; NOT available here: {', '.join(absent)}" if absent else ""), file=sys.stderr, flush=True)
 
 
 @register_reward("code", check_row=_check_row, pooled=True)
@@ -245,7 +249,9 @@ def code_reward(
     """
     if mode not in _MODES:
         raise ValueError(f"code reward mode {mode!r} is not one of {', '.join(_MODES)}")
-    check_sandbox(bool(allow_unsafe_code))
+    layers = check_sandbox(bool(allow_unsafe_code))
+    if not completions:  # the runner's start-up call
+        report_layers(layers)
     limits = SandboxLimits(cpu_seconds=cpu_seconds, wall_seconds=wall_seconds, memory_mb=memory_mb, disk_mb=disk_mb)
     scores = []
     for text, row in zip(completions, rows):

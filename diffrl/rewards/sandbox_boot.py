@@ -166,7 +166,8 @@ def candidate(cfg, workdir, candidate_uid, request_fd, reply_fd):
         os.closerange(request_fd + 1, reply_fd)
         os.closerange(reply_fd + 1, 1 << 16)
         os.chdir(workdir)
-        os.setsid()  # a process group of its own: kill(0) reaches only the candidate's processes
+        if cfg["isolate"]:
+            os.setsid()  # a process group of its own: kill(0) reaches only the candidate's processes
         _set_limits(cfg, int(cfg["cpu_seconds"]), int(cfg["memory_mb"]))
         if cfg["isolate"]:
             n = int(cfg["max_processes"])

@@ -160,30 +160,24 @@ class Outcome:
         self.passed += self.run(source, namespace)
 
     def loop(self, loop, namespace):
-        """``for TARGET in ITER: BODY`` with each iteration a test of its own (HumanEval+ input lists)."""
+        """``for TARGET in ITER: BODY`` with each iteration a test of its own (HumanEval+ input
+        lists); a loop whose inputs cannot be produced counts one failed test."""
         try:
             iterator = iter(eval(loop["iter"], namespace))
             assign = compile(f"{loop['target']} = __diffrl_item__", "<test>", "exec")
             body = compile(loop["body"], "<test>", "exec")
+            while True:
+                try:
+                    namespace["__diffrl_item__"] = next(iterator)
+                except StopIteration:
+                    return
+                self.total += 1
+                self.passed += self.run(assign, namespace) and self.run(body, namespace)
         except ProtocolViolation:
             raise
         except BaseException as err:  # noqa: BLE001
             self.total += 1
             self.record(err)
-            return
-        while True:
-            try:
-                namespace["__diffrl_item__"] = next(iterator)
-            except StopIteration:
-                return
-            except ProtocolViolation:
-                raise
-            except BaseException as err:  # noqa: BLE001
-                self.total += 1
-                self.record(err)
-                return
-            self.total += 1
-            self.passed += self.run(assign, namespace) and self.run(body, namespace)
 
 
 def _bind(channel, names):
