@@ -89,7 +89,7 @@ def setup(recipe: EvalRecipe, world: World, out: Path) -> Evaluation:
     tokenizer = load_tokenizer(model_dir)
     model = load_pretrained(model_dir, dtype=recipe.model.dtype, device=world.device, overrides=recipe.model.overrides()).eval()
     encoder = prompt_encoder(tokenizer, recipe.task, model.facts.pad_token_id)
-    rewards = RewardRunner(recipe.task.rewards, num_workers=cfg.reward_workers)
+    rewards = RewardRunner(recipe.task.rewards, num_workers=cfg.reward_workers, allow_unsafe_code=recipe.task.allow_unsafe_code)
     scorer = SampleScorer(tokenizer, rewards, correct_reward(recipe), cfg.correct_threshold, cfg.save_trajectory)
     return Evaluation(recipe, world, model, tokenizer, encoder, rows, scorer)
 

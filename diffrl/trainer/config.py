@@ -76,8 +76,11 @@ class TaskConfig:
     # Drop training prompts longer than max_prompt_length tokens after the chat template (verl's
     # data.filter_overlong_prompts) instead of keeping their last tokens.
     filter_overlong_prompts: bool = False
-    # Rewards and their weights: [{name, weight, kwargs}].
+    # Rewards and their weights: [{name, weight, kwargs}], or your own function:
+    # [{fn: my_pkg.my_module:my_reward (or path/to/file.py:my_reward), weight, kwargs, pooled, bounds}].
     rewards: list[RewardSpec] = field(default_factory=list)
+    # Run the code reward even where the sandbox cannot keep its verdict out of the sample's reach.
+    allow_unsafe_code: bool = False
     # Dotted field holding a reference response, for supervised warm starts.
     sft_response_field: str = "extra_info.answer"
 
