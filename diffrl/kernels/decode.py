@@ -158,13 +158,13 @@ def decode_step(
 # The two-stage draw without filters.
 
 
-def group_pass(z: Tensor, start: int, noise_keys: Tensor, scale: float, with_dot: bool, dead: Tensor, scratch: Scratch) -> tuple[tuple, Tensor, Tensor, Tensor]:
+def group_pass(z: Tensor, start: int, noise_keys: Tensor, scale: float, with_dot: bool, scratch: Scratch) -> tuple[tuple, Tensor, Tensor, Tensor]:
     """First stage on one chunk of logits ``z`` [n, c] (``c`` a multiple of GROUP, the chunk
     starting at vocabulary id ``start``) tempered by ``scale``: the chunk's softmax partials, built
     from its groups', and per row the best group's Gumbel score (float64), index and logits [n, GROUP]."""
     n, c = z.shape
     zg = z.view(n, c // GROUP, GROUP)
-    gm, gs, gt = softmax_partials(zg, with_dot, dead, scale, scratch)
+    gm, gs, gt = softmax_partials(zg, with_dot, scale, scratch)
     first = start // GROUP
     groups = torch.arange(first, first + c // GROUP, device=z.device)
     score, arg = (gm + torch.log(gs)).double().add_(gumbel(noise_keys, GROUP_COUNTER + groups[None, :])).max(-1)
@@ -340,17 +340,16 @@ def decode_step_torch(
         local = suppress[(suppress >= start) & (suppress < start + width)] - start
         if local.numel():
             z.index_fill_(-1, local, float("-inf"))
-        dead = torch.cat((local, torch.arange(width, z.shape[1], device=device)))
         if sample_groups:
-            part, score, group, zg = group_pass(z, start, noise_keys, 1.0 / t_samp, tempered_dot, dead, scratch)
+            part, score, group, zg = group_pass(z, start, noise_keys, 1.0 / t_samp, tempered_dot, scratch)
             better = score > best
             best, best_group = torch.where(better, score, best), torch.where(better, group, best_group)
             best_z = torch.where(better[:, None], zg, best_z)
             tempered = merge_partials(tempered, part)
         elif want_tempered:
-            tempered = merge_partials(tempered, softmax_partials(z, False, dead, 1.0 / t_samp, scratch))
+            tempered = merge_partials(tempered, softmax_partials(z, False, 1.0 / t_samp, scratch))
         if want_model:
-            model = merge_partials(model, softmax_partials(z, model_dot, dead, scratch=scratch))
+            model = merge_partials(model, softmax_partials(z, model_dot, scratch=scratch))
         if want_top2:
             tv, ti = z.topk(min(2, z.shape[1]), dim=-1)
             if tv.shape[1] == 1:

@@ -39,10 +39,9 @@ class Scratch:
         return self.get(name, tuple(t.shape), t.dtype, t.device)
 
 
-def softmax_partials(z: Tensor, with_dot: bool, dead: Tensor | None = None, scale: float = 1.0, scratch: Scratch | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+def softmax_partials(z: Tensor, with_dot: bool, scale: float = 1.0, scratch: Scratch | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
     """(m, s, t) of ``z * scale`` over its last dimension (``t`` only ``with_dot``); rows of -inf
-    give (-inf, 0, 0). ``dead`` lists the columns of the contiguous ``z`` (seen as [rows, -1])
-    that hold -inf on purpose, which the dot product skips."""
+    give (-inf, 0, 0). ``scratch`` lends the two [.., last] work buffers."""
     scratch = scratch or Scratch()
     top = z.amax(-1)
     shift = torch.where(torch.isfinite(top), top, 0.0)
@@ -50,12 +49,15 @@ def softmax_partials(z: Tensor, with_dot: bool, dead: Tensor | None = None, scal
     if scale != 1.0:
         d.mul_(scale)
     m = top * scale
+    # exp of anything below the smallest normal float is computed as a subnormal, tens of times
+    # slower on x86; those terms are below 1e-38 of the max's, which contributes 1. Clamping also
+    # keeps -inf (suppressed ids) out of the dot product, where 0 * -inf would be nan.
+    d.clamp_(min=math.log(torch.finfo(d.dtype).tiny))
+    alive = torch.isfinite(top)
     if not with_dot:
-        return m, d.exp_().sum(-1), None
+        return m, d.exp_().sum(-1).where(alive, 0.0), None
     e = torch.exp(d, out=scratch.like("e", z))
-    if dead is not None and dead.numel():
-        d.view(d.shape[0], -1).index_fill_(-1, dead, 0.0)  # exp there is 0; 0 * -inf would be nan
-    return m, e.sum(-1), row_dot(e, d)
+    return m, e.sum(-1).where(alive, 0.0), row_dot(e, d).where(alive, 0.0)
 
 
 def reduce_partials(m: Tensor, s: Tensor, t: Tensor | None) -> tuple:
