@@ -50,9 +50,10 @@ def softmax_partials(z: Tensor, with_dot: bool, scale: float = 1.0, scratch: Scr
         d.mul_(scale)
     m = top * scale
     # exp of anything below the smallest normal float is computed as a subnormal, tens of times
-    # slower on x86; those terms are below 1e-38 of the max's, which contributes 1. Clamping also
-    # keeps -inf (suppressed ids) out of the dot product, where 0 * -inf would be nan.
-    d.clamp_(min=math.log(torch.finfo(d.dtype).tiny))
+    # slower on x86 (at the boundary too, hence the margin); those terms are below 1e-37 of the
+    # max's, which contributes 1. Clamping also keeps -inf (suppressed ids) out of the dot
+    # product, where 0 * -inf would be nan.
+    d.clamp_(min=math.log(torch.finfo(d.dtype).tiny) + 1.0)
     alive = torch.isfinite(top)
     if not with_dot:
         return m, d.exp_().sum(-1).where(alive, 0.0), None
