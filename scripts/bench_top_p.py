@@ -29,6 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     shared = os.environ.get("DIFFRL_SHARED", str(Path(__file__).resolve().parents[2] / "shared"))
     parser.add_argument("--hf-root", default=str(Path(shared) / "hf"))
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--temperature", type=float, default=0.2)
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--remasking", default="entropy")
@@ -37,11 +38,16 @@ def main() -> None:
     parser.add_argument("--gen-length", type=int, default=32)
     parser.add_argument("--std", type=float, default=0.5, help="init std of the random weights (sharper outputs when larger)")
     args = parser.parse_args()
+
+    def sync() -> None:
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
     config = shrink_config(json.loads((Path(args.hf_root) / "Dream-v0-Instruct-7B" / "config.json").read_text()))
-    model = random_model(config, std=args.std).eval()
+    model = random_model(config, std=args.std).to(args.device).eval()
     facts = model.facts
     gen = torch.Generator().manual_seed(0)
-    prompts = torch.randint(0, min(facts.mask_token_id, facts.eos_token_id) - 1, (args.batch, args.prompt_length), generator=gen)
+    prompts = torch.randint(0, min(facts.mask_token_id, facts.eos_token_id) - 1, (args.batch, args.prompt_length), generator=gen).to(args.device)
     mask = torch.ones_like(prompts, dtype=torch.bool)
     base = RolloutConfig(
         max_completion_length=args.gen_length, block_length=args.gen_length, steps=args.gen_length,
@@ -51,8 +57,10 @@ def main() -> None:
     print(f"tiny Dream, vocab {config['vocab_size']}, batch {args.batch}, gen {args.gen_length}, T={args.temperature}, {args.remasking}")
     rates = {}
     for name, cfg in (("no filter", base), (f"top_p={args.top_p}", replace(base, top_p=args.top_p))):
+        sync()
         start = time.perf_counter()
         out = generate(model, prompts, mask, cfg)
+        sync()
         seconds = time.perf_counter() - start
         rates[name] = out.completion_ids.numel() / seconds
         print(f"{name:14} {rates[name]:8.1f} tokens/s  {seconds:6.2f} s")
