@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from diffrl.rollout import metrics
-from diffrl.trainer.distributed import all_gather_rows, all_gather_varying, current_rank
+from diffrl.collectives import all_gather_rows, all_gather_varying, current_rank
 
 # Kinds of per-sample fields (``field(metadata={"rows": kind})``):
 #   prompt    left-padded prompt columns (concatenation pads them to one width)
