@@ -33,6 +33,7 @@ from diffrl.algorithms.advantages import Outcome
 from diffrl.algorithms.estimators import TokenScores
 from diffrl.algorithms.losses import token_weights
 from diffrl.algorithms.registry import RolloutContext
+from diffrl.algorithms.unmasking_grpo import NAME as UNMASKING_GRPO
 from diffrl.data import PromptEncoder, PromptLoader
 from diffrl.kernels import set_backend
 from diffrl.models import DiffusionLM, load_pretrained, save_pretrained
@@ -488,6 +489,10 @@ def save_final(run: Run) -> None:
 
 def train(cfg: Config, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run a recipe to completion; returns the summary also written to ``summary.json``."""
+    if cfg.algorithm.name == UNMASKING_GRPO:
+        from diffrl.trainer.unmasking_policy import train_unmasking_policy  # trains the unmasking policy, not the dLLM
+
+        return train_unmasking_policy(cfg, resolved)
     world = init_distributed(cfg.trainer.device)
     run = setup(cfg, world)
     try:
