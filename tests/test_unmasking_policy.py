@@ -4,6 +4,7 @@ rollout, and its composition with every family's KV cache."""
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from diffrl.rollout.unmasking_policy import (
     sample_decision,
     save_unmasking_policy,
 )
+from tests.eval_helpers import byte_llada  # noqa: F401  (a fixture)
 from tests.rollout_helpers import FAMILIES, cache_kind, config, family_model, left_padded_prompts
 
 
@@ -121,3 +123,20 @@ def test_policy_folder_round_trips_and_drives_generate_by_path(models, tmp_path:
         load_unmasking_policy(tmp_path / "nothing")
     with pytest.raises(ValueError, match="rollout.threshold"):
         config(model, unmasking_policy=str(folder), threshold=0.9)
+
+
+def test_evaluation_decodes_with_the_policy_at_rollout_unmasking_policy(byte_llada, shared: Path, tmp_path: Path) -> None:
+    """``python -m diffrl.eval rollout.unmasking_policy=PATH``'s recipe: a policy that commits every
+    masked position decodes each of the two blocks in one forward, where the heuristic takes 4."""
+    from diffrl.eval.runner import evaluate
+    from tests.eval_helpers import compose_eval, eval_overrides
+
+    policy = UnmaskingPolicy(UnmaskingPolicyConfig(init_threshold=None))
+    with torch.no_grad():
+        policy.head.bias.fill_(50.0)
+    folder = save_unmasking_policy(policy, tmp_path / "policy")
+    for name, extra in (("learned", [f"rollout.unmasking_policy={folder}"]), ("heuristic", [])):
+        evaluate(compose_eval(*eval_overrides(byte_llada, shared, tmp_path / name, "eval.limit=3", "model.stop_tokens=[]", *extra)))
+    records = {name: [json.loads(line) for line in (tmp_path / name / "samples.jsonl").read_text().splitlines()] for name in ("learned", "heuristic")}
+    assert [r["nfe"] for r in records["learned"]] == [2, 2, 2]
+    assert [r["nfe"] for r in records["heuristic"]] == [8, 8, 8]
