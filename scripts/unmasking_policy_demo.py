@@ -3,7 +3,7 @@
     python scripts/unmasking_policy_demo.py [--out runs/unmasking_demo] [--sft-steps 1500] [--rl-steps 150]
 
 1. Trains the demo's tiny LLaDA to sort digits (trainer.mode=sft on an always-right teacher).
-2. Evaluates the heuristics on the validation prompts, greedy tokens: low-confidence at one token
+2. Evaluates the heuristics on the validation prompts (tokens sampled at --temperature): low-confidence at one token
    per step, Fast-dLLM thresholds 0.5 ... 0.95 and the factor rule.
 3. Trains the unmasking policy with algorithm=unmasking_grpo (the dLLM frozen), once per NFE cost.
 4. Evaluates each learned policy the same way, prints the table and writes the accuracy-vs-NFE
@@ -35,14 +35,14 @@ from diffrl.trainer.distributed import World
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 FACTORS = (0.5, 1.0, 2.0)
 QUIET = ["trainer.wandb.enabled=false", "trainer.progress_bar=false", "trainer.plot=false", "trainer.warm_start.steps=0"]
-TASK = ["task.synthetic.teacher_accuracy=1.0", "task.synthetic.teacher_error=token_noise", "task.synthetic.num_train=65536", "rollout.temperature=0.0"]
+TASK = ["task.synthetic.teacher_accuracy=1.0", "task.synthetic.teacher_error=token_noise", "task.synthetic.num_train=65536"]
 
 
-def recipe(*overrides: str) -> Config:
+def recipe(*overrides: str, temperature: float = 1.0) -> Config:
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(str(RECIPES), version_base="1.3"):
-        return to_config(compose("train", overrides=[*QUIET, *TASK, *overrides]))
+        return to_config(compose("train", overrides=[*QUIET, *TASK, f"rollout.temperature={temperature}", *overrides]))
 
 
 def train_dllm(out: Path, steps: int) -> Path:
@@ -58,24 +58,24 @@ def train_dllm(out: Path, steps: int) -> Path:
     return final
 
 
-def train_policy(out: Path, model_dir: Path, steps: int, nfe_cost: float) -> Path:
-    folder = out / f"policy_cost{nfe_cost}"
+def train_policy(out: Path, model_dir: Path, steps: int, nfe_cost: float, temperature: float) -> Path:
+    folder = out / f"policy_T{temperature}_cost{nfe_cost}"
     if not (folder / "final_unmasking_policy").exists():
         from diffrl.trainer.unmasking_policy import train_unmasking_policy
 
         train_unmasking_policy(recipe(
             "algorithm=unmasking_grpo", f"model.path={model_dir}", f"trainer.output_dir={folder}", f"trainer.total_steps={steps}",
             "trainer.batch_size=16", "trainer.micro_batch_size=128", f"algorithm.nfe_cost={nfe_cost}", "algorithm.num_generations=8",
-            "optim.lr=3e-3", "optim.weight_decay=0.0", "optim.lr_schedule=constant",
+            "optim.lr=3e-3", "optim.weight_decay=0.0", "optim.lr_schedule=constant", temperature=temperature,
         ))
     return folder / "final_unmasking_policy"
 
 
 class Evaluator:
-    """Accuracy and forwards of one decoding rule on the validation prompts (greedy tokens)."""
+    """Accuracy and forwards of one decoding rule on the validation prompts."""
 
-    def __init__(self, model_dir: Path, out: Path) -> None:
-        cfg = recipe(f"model.path={model_dir}")
+    def __init__(self, model_dir: Path, out: Path, temperature: float) -> None:
+        cfg = recipe(f"model.path={model_dir}", temperature=temperature)
         task = prepare_task(cfg.task, out / "eval", World(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
         self.model = load_pretrained(model_dir)
         self.tokenizer = load_tokenizer(model_dir)
@@ -129,6 +129,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/unmasking_demo"))
     parser.add_argument("--sft-steps", type=int, default=1500)
     parser.add_argument("--rl-steps", type=int, default=150)
+    parser.add_argument("--temperature", type=float, default=1.0, help="token sampling temperature of every rule (0 = greedy)")
     parser.add_argument("--nfe-costs", type=float, nargs="+", default=[0.02, 0.05])
     parser.add_argument("--plot", type=Path, default=Path("docs/unmasking_policy_demo.png"))
     args = parser.parse_args()
@@ -136,13 +137,13 @@ def main() -> None:
     t0 = time.perf_counter()
     model_dir = train_dllm(args.out, args.sft_steps)
     t_sft = time.perf_counter() - t0
-    evaluate = Evaluator(model_dir, args.out)
+    evaluate = Evaluator(model_dir, args.out, args.temperature)
     results = {"low_confidence": evaluate()}
     results.update({f"threshold={t}": evaluate(threshold=t) for t in THRESHOLDS})
     results.update({f"factor={f}": evaluate(factor=f) for f in FACTORS})
     t_rl = time.perf_counter()
     for cost in args.nfe_costs:
-        folder = train_policy(args.out, model_dir, args.rl_steps, cost)
+        folder = train_policy(args.out, model_dir, args.rl_steps, cost, args.temperature)
         results[f"learned (nfe_cost={cost})"] = evaluate(load_unmasking_policy(folder))
     t_rl = time.perf_counter() - t_rl
     print(f"| rule | accuracy | NFE / sample | NFE / token |\n|---|---|---|---|")

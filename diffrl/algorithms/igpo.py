@@ -25,7 +25,6 @@ from torch import Tensor
 from diffrl.algorithms.advantages import Outcome, reward_advantages
 from diffrl.algorithms.batch import PolicyBatch
 from diffrl.algorithms.estimators import OneStepMeanField, TokenScores
-from diffrl.algorithms.losses import clipped_policy_loss
 from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, RolloutContext, register_algorithm
 from diffrl.rollout.selection import ranks
 from diffrl.rollout.trajectory import Rollout
@@ -147,10 +146,7 @@ def build(cfg: IGPOConfig) -> Algorithm:
         # A_i = r_i - mean_j r_j over the (repaired) group
         advantage=reward_advantages("group_mean", cfg.scale_rewards),
         # -min(rho A, clip(rho, 1 - eps, 1 + eps_high) A) + beta k3, rho per sequence with use_gspo
-        loss=partial(
-            clipped_policy_loss, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta,
-            ratio_level="sequence" if knobs.use_gspo else "token",
-        ),
+        loss=cfg.clipped_loss(ratio_level="sequence" if knobs.use_gspo else "token"),
         repair=partial(inpaint_failed_groups, knobs=knobs),
         token_filter=partial(entropy_filter, ratio=knobs.entropy_clipping_ratio),
     )

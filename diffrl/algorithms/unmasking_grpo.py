@@ -20,11 +20,11 @@ score the dLLM, which this algorithm never trains).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
 
+from diffrl.algorithms.losses import clipped_policy_loss
 from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, register_algorithm
 from diffrl.rollout.unmasking_policy import FEATURES, UnmaskingPolicy, UnmaskingPolicyConfig, decision_logprob
 
@@ -78,7 +78,33 @@ def step_logprobs(policy: UnmaskingPolicy, features: Tensor, commits: Tensor) ->
     return decision_logprob(logits, masked.flatten(0, 1), commits.flatten(0, 1)).view(commits.shape[:2])
 
 
-def policy_loss(policy: UnmaskingPolicy, batch: dict[str, Tensor], loss: Any) -> tuple[Tensor, dict[str, Tensor]]:
-    """One micro-batch's clipped surrogate ``loss(logp, old_logp, advantages, weights)``."""
-    logp = step_logprobs(policy, batch["features"], batch["commits"])
-    return loss(logp, batch["old_logp"], batch["advantages"], batch["weights"])
+@dataclass
+class DecisionBatch:
+    """The recorded decisions of a batch of samples: the policy's inputs [B, S, block, F], the
+    commits [B, S, block], their log-probs at rollout time [B, S], advantages [B] and per-step
+    loss weights [B, S] (S: the step slots any sample used)."""
+
+    features: Tensor
+    commits: Tensor
+    old_logp: Tensor
+    advantages: Tensor
+    weights: Tensor
+
+    def __len__(self) -> int:
+        return int(self.commits.shape[0])
+
+    def select(self, index: slice) -> "DecisionBatch":
+        return DecisionBatch(*(getattr(self, f)[index] for f in ("features", "commits", "old_logp", "advantages", "weights")))
+
+
+@dataclass
+class DecisionObjective:
+    """The clipped surrogate (module docstring) on one micro-batch, as the trainer's Policy runs an
+    objective: ``(policy, batch, seed) -> (loss, weighted metric sums)``."""
+
+    epsilon: float
+    epsilon_high: float | None = None
+
+    def __call__(self, policy: UnmaskingPolicy, batch: DecisionBatch, seed: int) -> tuple[Tensor, dict[str, Tensor]]:
+        logp = step_logprobs(policy, batch.features, batch.commits)
+        return clipped_policy_loss(logp, batch.old_logp, batch.advantages, batch.weights, epsilon=self.epsilon, epsilon_high=self.epsilon_high)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from diffrl.rollout import metrics
-from diffrl.trainer.distributed import all_gather_rows, all_gather_varying, current_rank
+from diffrl.collectives import all_gather_rows, all_gather_varying, current_rank
 
 # Kinds of per-sample fields (``field(metadata={"rows": kind})``):
 #   prompt    left-padded prompt columns (concatenation pads them to one width)
@@ -72,13 +72,18 @@ class EditLog:
         rows = torch.cat([log.row + off for log, off in zip(logs, offsets)])
         return cls(row=rows, **parts)
 
-    def remap(self, rows: Tensor, num_rows: int) -> "EditLog":
-        """The entries of batch rows ``rows``, renumbered to their places in ``rows``."""
-        new_row = torch.full((num_rows,), -1, dtype=torch.long, device=self.row.device)
-        new_row[rows.to(self.row.device)] = torch.arange(rows.numel(), device=self.row.device)
-        keep = new_row[self.row] >= 0
-        kept = {f.name: getattr(self, f.name)[keep] for f in fields(self)}
-        return replace(self, **{**kept, "row": new_row[kept["row"]]})
+    def entries(self, keep: Tensor) -> "EditLog":
+        """The entries where ``keep`` [len(self)] is True, rows unchanged."""
+        return EditLog(*(getattr(self, f.name)[keep] for f in fields(self)))
+
+    def remap(self, rows: Tensor, num_rows: int, to: Tensor | None = None) -> "EditLog":
+        """The entries of batch rows ``rows`` (of ``num_rows``), row ``rows[i]`` renumbered to
+        ``to[i]`` (default ``i``, its place in ``rows``)."""
+        device = self.row.device
+        new_row = torch.full((num_rows,), -1, dtype=torch.long, device=device)
+        new_row[rows.to(device)] = torch.arange(rows.numel(), device=device) if to is None else to.to(device)
+        kept = self.entries(new_row[self.row] >= 0)
+        return replace(kept, row=new_row[kept.row])
 
 
 @dataclass
@@ -107,7 +112,7 @@ class Rollout:
     fixed_mask: Tensor = _rows(RECORD)
     nfe: Tensor = _rows(RECORD)
     sample_ids: Tensor = _rows(IDENTITY)
-    stop_token_ids: tuple[int, ...] = ()
+    stop_token_ids: tuple[int, ...]
     nfe_cache: Tensor = _rows(RECORD, default=None)
     unmask_logprob: Tensor = _rows(RECORD, default=None)
     unmask_features: Tensor = _rows(RECORD, default=None)
@@ -153,6 +158,11 @@ class Rollout:
         """TPF per sample: decoded completion tokens over the forwards the sample took part in."""
         return metrics.tokens_per_forward(self.step_map, self.completion_mask, self.nfe)
 
+    def decode(self, tokenizer: Any) -> list[str]:
+        """Completion text up to and including the first stop token, special tokens dropped."""
+        ids = [row[mask].tolist() for row, mask in zip(self.completion_ids.cpu(), self.completion_mask.cpu())]
+        return tokenizer.batch_decode(ids, skip_special_tokens=True)
+
     def metrics(self) -> dict[str, float]:
         return metrics.rollout_metrics(self.step_map, self.completion_mask, self.nfe, self.nfe_cache, self.truncated, num_edits=len(self.edits))
 
@@ -192,13 +202,10 @@ class Rollout:
             values = getattr(self, name).clone()
             values[dest] = getattr(new, name)[source]
             patched[name] = values
-        untouched = torch.ones(len(self), dtype=torch.bool, device=dest.device)
-        untouched[dest] = False
-        kept = self.edits.remap(untouched.nonzero().squeeze(1), len(self))
-        kept.row = untouched.nonzero().squeeze(1).to(kept.row.device)[kept.row]
-        moved = new.edits.remap(source, len(new))
-        moved.row = dest.to(moved.row.device)[moved.row]
-        return replace(self, **patched, edits=EditLog.cat([kept, moved]))
+        replaced = torch.zeros(len(self), dtype=torch.bool, device=self.edits.row.device)
+        replaced[dest.to(replaced.device)] = True
+        kept = self.edits.entries(~replaced[self.edits.row])
+        return replace(self, **patched, edits=EditLog.cat([kept, new.edits.remap(source, len(new), to=dest)]))
 
     def gather(self, device: torch.device) -> "Rollout":
         """Every rank's completions, their records and edits in rank order, for global metrics

@@ -179,7 +179,7 @@ class TrainerConfig:
     # Write a PNG of the reward curve into the run folder at the end.
     plot: bool = True
     # Validate every N steps on the first val_size rows of task.val_files, logged as
-    # val/<task>/acc, val/<task>/tpf, ... (0 = never; see diffrl/eval/validate.py).
+    # val/<task>/acc, val/<task>/tpf, ... (0 = never; see diffrl/trainer/validate.py).
     val_every: int = 0
     val_size: int = 64
     wandb: WandbConfig = field(default_factory=WandbConfig)

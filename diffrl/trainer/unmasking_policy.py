@@ -9,7 +9,8 @@ num_iterations clipped updates of the small policy on its recomputed decision lo
 The dLLM is never wrapped or sharded (it only runs forwards): every rank holds it and generates
 its own samples (keyed by global sample ids, so N ranks draw what one process draws). The policy
 runs under the ``single`` strategy (data parallel: gradients summed over ranks; the loss is
-normalised by the global sample count), which also writes and resumes its checkpoints.
+normalised by the global sample count), wrapped in the trainer's :class:`~diffrl.trainer.policy.Policy`,
+which runs the objective, steps and writes and resumes its checkpoints.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,24 +27,27 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from diffrl.algorithms.advantages import group_advantages
-from diffrl.algorithms.losses import clipped_policy_loss, token_weights
-from diffrl.algorithms.unmasking_grpo import UnmaskingGRPOConfig, policy_loss, speed_reward
+from diffrl.algorithms.losses import token_weights
+from diffrl.algorithms.unmasking_grpo import DecisionBatch, DecisionObjective, UnmaskingGRPOConfig, speed_reward
+from diffrl.collectives import all_gather_rows, all_reduce_sum, all_reduce_sums
 from diffrl.data import PromptEncoder, PromptLoader
 from diffrl.kernels import set_backend
 from diffrl.models import DiffusionLM, load_pretrained
+from diffrl.models.tokenizer import load_tokenizer
 from diffrl.rewards import RewardRunner
 from diffrl.rewards.registry import RewardBatch
 from diffrl.rng import counter_hash
 from diffrl.rollout import generate_chunked
 from diffrl.rollout.trajectory import Rollout
 from diffrl.rollout.unmasking_policy import UnmaskingPolicy, load_unmasking_policy, save_unmasking_policy
-from diffrl.trainer.build import load_tokenizer, prepare_model_folder, prepare_task, prompt_encoder
-from diffrl.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from diffrl.trainer.build import prepare_model_folder, prepare_task, prompt_encoder
+from diffrl.trainer.checkpoint import latest_checkpoint
 from diffrl.trainer.config import Config
-from diffrl.trainer.distributed import World, all_gather_rows, all_reduce_sum, all_reduce_sums, init_distributed
+from diffrl.trainer.distributed import World, init_distributed
 from diffrl.trainer.logger import MetricLogger
 from diffrl.trainer.optim import build_optimizer
 from diffrl.trainer.parallelize import Root
+from diffrl.trainer.policy import Policy
 from diffrl.trainer.strategy import Strategy
 
 FINAL = "final_unmasking_policy"
@@ -52,14 +55,14 @@ FINAL = "final_unmasking_policy"
 
 @dataclass
 class UnmaskingRun:
-    """What the steps touch: the frozen dLLM, the trained policy (as a strategy) and the data."""
+    """What the steps touch: the frozen dLLM, the trained unmasking policy and the data."""
 
     cfg: Config
     world: World
     run_dir: Path
     model_dir: Path
     model: DiffusionLM
-    policy: Strategy
+    policy: Policy
     scheduler: torch.optim.lr_scheduler.LambdaLR
     loader: PromptLoader
     encoder: PromptEncoder
@@ -108,7 +111,8 @@ def setup(cfg: Config, world: World) -> UnmaskingRun:
     net = load_unmasking_policy(algo.init_policy).requires_grad_(True) if algo.init_policy else UnmaskingPolicy(algo.policy)
     net = net.to(world.device).train()
     optimizer, scheduler = build_optimizer(net, cfg.optim, cfg.trainer.total_steps)
-    policy = Strategy(name="single", root=Root(net), optimizer=optimizer, max_grad_norm=cfg.optim.max_grad_norm)  # type: ignore[arg-type]
+    strategy = Strategy(name="single", root=Root(net), optimizer=optimizer, max_grad_norm=cfg.optim.max_grad_norm)  # type: ignore[arg-type]
+    policy = Policy(strategy, micro_batch_size=cfg.trainer.micro_batch_size)
     loader = PromptLoader(task.train_rows, cfg.trainer.batch_size, seed=cfg.trainer.seed, rank=world.rank, world_size=world.world_size)
     encoder = prompt_encoder(tokenizer, cfg.task, model.facts.pad_token_id)
     return UnmaskingRun(cfg, world, run_dir, model_dir, model, policy, scheduler, loader, encoder, RewardRunner(cfg.task.rewards), tokenizer)
@@ -147,23 +151,21 @@ def train_step(run: UnmaskingRun, step: int) -> dict[str, float]:
     # Only the slots some sample used (a rollout records one per step it could take).
     took = rollout.unmask_commits.any(-1)
     used = int(took.any(0).nonzero().max()) + 1 if took.any() else 1
-    weights = token_weights(took[:, :used], algo.loss_type, cfg.trainer.micro_batch_size, used, global_sequences=all_reduce_sum(len(rollout), device).item())
-    batch = {
-        "features": rollout.unmask_features[:, :used], "commits": rollout.unmask_commits[:, :used],
-        "old_logp": rollout.unmask_logprob[:, :used], "advantages": advantages, "weights": weights,
-    }
-    loss = partial(clipped_policy_loss, epsilon=algo.epsilon, epsilon_high=algo.epsilon_high)
+    weights = token_weights(
+        took[:, :used], algo.loss_type, cfg.trainer.micro_batch_size, used,
+        global_tokens=all_reduce_sum(took.sum(), device).item(), global_sequences=all_reduce_sum(len(rollout), device).item(), world_size=run.world.world_size,
+    )
+    batch = DecisionBatch(rollout.unmask_features[:, :used], rollout.unmask_commits[:, :used], rollout.unmask_logprob[:, :used], advantages, weights)
+    objective = DecisionObjective(algo.epsilon, algo.epsilon_high)
     sums: dict[str, float] = defaultdict(float)
     grad_norm = 0.0
     run.net.train()
     mbs = cfg.trainer.micro_batch_size
     for _ in range(algo.num_iterations):
         for s in range(0, len(rollout), mbs):
-            micro = {k: v[s : s + mbs] for k, v in batch.items()}
-            value, terms = run.policy(policy_loss, micro, loss)
-            run.policy.backward(value)
+            terms = run.policy.loss_and_backward(objective, batch.select(slice(s, s + mbs)), 0)  # type: ignore[arg-type]
             for name, term in terms.items():
-                sums[name] += term.item() / algo.num_iterations
+                sums[name] += term / algo.num_iterations
         grad_norm += run.policy.step() / algo.num_iterations
     lr = run.scheduler.get_last_lr()[0]
     run.scheduler.step()
@@ -193,7 +195,7 @@ def train_unmasking_policy(cfg: Config, resolved: dict[str, Any] | None = None) 
     summary: dict[str, Any] = {}
     start = 0
     if path is not None:
-        state = load_checkpoint(path, run.policy)
+        state = run.policy.load_checkpoint(path)
         run.scheduler.load_state_dict(state["scheduler"])
         run.loader.load_state_dict(state["loader"])
         start, summary["resumed_from"] = state["step"], str(path)
@@ -207,7 +209,7 @@ def train_unmasking_policy(cfg: Config, resolved: dict[str, Any] | None = None) 
         logger.log(step + 1, metrics)
         if (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0) or step + 1 == cfg.trainer.total_steps:
             state = {"scheduler": run.scheduler.state_dict(), "loader": run.loader.state_dict()}
-            save_checkpoint(ckpt_root, step + 1, run.policy, state, {"model_dir": str(run.model_dir.resolve()), "unmasking_policy": True})
+            run.policy.save_checkpoint(ckpt_root, step + 1, state, {"model_dir": str(run.model_dir.resolve()), "unmasking_policy": True})
     if world.is_main:
         folder = save_unmasking_policy(run.net, run.run_dir / FINAL)
         summary["unmasking_policy"] = str(folder)
@@ -219,4 +221,5 @@ def train_unmasking_policy(cfg: Config, resolved: dict[str, Any] | None = None) 
             })
         (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     logger.close(summary)
+    run.policy.close()
     return summary
