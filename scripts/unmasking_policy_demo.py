@@ -38,11 +38,25 @@ QUIET = ["trainer.wandb.enabled=false", "trainer.progress_bar=false", "trainer.p
 TASK = ["task.synthetic.teacher_accuracy=1.0", "task.synthetic.teacher_error=token_noise", "task.synthetic.num_train=65536"]
 
 
+# Set by --digits: the task's length and a one-block completion (full diffusion) that fits its answer.
+SHAPE: list[str] = []
+
+
+def shape(digits: int) -> list[str]:
+    """``digits`` digits to sort; the completion is one block of the next multiple of 8 above the
+    answer's ``digits`` tokens plus its EOS."""
+    length = (digits // 8 + 1) * 8
+    return [
+        f"task.synthetic.num_digits={digits}", f"task.max_prompt_length={2 * digits + 8}",
+        f"rollout.max_completion_length={length}", f"rollout.block_length={length}", f"rollout.steps={length}",
+    ]
+
+
 def recipe(*overrides: str, temperature: float = 1.0) -> Config:
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(str(RECIPES), version_base="1.3"):
-        return to_config(compose("train", overrides=[*QUIET, *TASK, f"rollout.temperature={temperature}", *overrides]))
+        return to_config(compose("train", overrides=[*QUIET, *TASK, *SHAPE, f"rollout.temperature={temperature}", *overrides]))
 
 
 def train_dllm(out: Path, steps: int) -> Path:
@@ -96,7 +110,7 @@ class Evaluator:
         }
 
 
-def plot(results: dict[str, dict[str, float]], path: Path) -> None:
+def plot(results: dict[str, dict[str, float]], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -116,7 +130,7 @@ def plot(results: dict[str, dict[str, float]], path: Path) -> None:
             ax.plot([r["nfe"]], [r["accuracy"]], "D", markersize=8, label=name)
     ax.set_xlabel("forwards per sample (NFE)")
     ax.set_ylabel("exact-match accuracy (validation)")
-    ax.set_title("Tiny LLaDA sorting 5 digits: learned vs heuristic unmasking")
+    ax.set_title(f"Tiny LLaDA sorting {title}: learned vs heuristic unmasking")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -130,11 +144,13 @@ def main() -> None:
     # 200 steps leave the model unsure at some positions (1500 make every rule decode in one forward).
     parser.add_argument("--sft-steps", type=int, default=200)
     parser.add_argument("--rl-steps", type=int, default=150)
+    parser.add_argument("--digits", type=int, default=5, help="digits to sort (5: the demo's task, 8 tokens in one block)")
     parser.add_argument("--temperature", type=float, default=1.0, help="token sampling temperature of every rule (0 = greedy)")
     parser.add_argument("--nfe-costs", type=float, nargs="+", default=[0.0, 0.05])
     parser.add_argument("--plot", type=Path, default=Path("docs/unmasking_policy_demo.png"))
     args = parser.parse_args()
     torch.set_num_threads(1)
+    SHAPE.extend(shape(args.digits))
     t0 = time.perf_counter()
     model_dir = train_dllm(args.out, args.sft_steps)
     t_sft = time.perf_counter() - t0
@@ -155,7 +171,7 @@ def main() -> None:
     reaching = [(r["nfe"], n) for n, r in results.items() if n.startswith("threshold") and r["accuracy"] >= target - 0.01]
     print(f"low-confidence accuracy {target:.3f}; thresholds within 1 point of it: {sorted(reaching)}")
     print(f"time: SFT {t_sft:.0f}s, policy training + its evaluation {t_rl:.0f}s, total {time.perf_counter() - t0:.0f}s; {len(evaluate.rows)} validation prompts")
-    plot(results, args.plot)
+    plot(results, args.plot, f"{args.digits} digits, T={args.temperature}")
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"plot: {args.plot}")
 
