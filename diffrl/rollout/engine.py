@@ -195,8 +195,8 @@ class DenoisingLoop:
         step = self._decode(rows, hidden, tokens, masked, editable, comp)
         committed, edited = self.rule.decide(step, k)
         if self.decisions:
+            assert isinstance(self.rule, LearnedUnmaskingRule) and self.rule.last is not None
             decision, slot = self.rule.last, self.step[rows]
-            assert decision is not None
             self.decisions["unmask_logprob"][rows, slot] = decision.logprob
             self.decisions["unmask_features"][rows, slot] = decision.features
             self.decisions["unmask_commits"][rows, slot] = decision.commits
