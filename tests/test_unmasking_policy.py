@@ -125,7 +125,6 @@ def test_policy_folder_round_trips_and_drives_generate_by_path(models, tmp_path:
         config(model, unmasking_policy=str(folder), threshold=0.9)
 
 
-@pytest.mark.slow
 def test_evaluation_decodes_with_the_policy_at_rollout_unmasking_policy(byte_llada, shared: Path, tmp_path: Path) -> None:
     """``python -m diffrl.eval rollout.unmasking_policy=PATH``'s recipe: a policy that commits every
     masked position decodes each of the two blocks in one forward, where the heuristic takes 4."""

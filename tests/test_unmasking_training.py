@@ -11,6 +11,7 @@ import torch
 
 from tests.torchrun import REPO, run_torchrun
 from tests.unmasking_rank_worker import unmasking_recipe
+from tests.wandb_offline import read_offline_run
 
 
 def states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -33,13 +34,17 @@ def test_only_the_policy_moves_and_resume_continues_exactly(tmp_path: Path) -> N
     assert not states_equal(run.net.state_dict(), policy), "the policy did not train"
 
     # 2 steps, then resume for a third = 3 steps straight (checkpointed optimizer, scheduler, data, RNG).
-    straight = train_unmasking_policy(unmasking_recipe(f"trainer.output_dir={tmp_path / 'straight'}", "trainer.total_steps=3"))
+    straight = train_unmasking_policy(unmasking_recipe(f"trainer.output_dir={tmp_path / 'straight'}", "trainer.total_steps=3", "trainer.wandb.enabled=true"))
     train_unmasking_policy(unmasking_recipe(f"trainer.output_dir={tmp_path / 'resumed'}", "trainer.total_steps=2", "trainer.save_every=1"))
     resumed = train_unmasking_policy(unmasking_recipe(f"trainer.output_dir={tmp_path / 'resumed'}", "trainer.total_steps=3"))
     assert resumed["resumed_from"].endswith("step_000002")
     a, b = (load_unmasking_policy(tmp_path / name / FINAL).state_dict() for name in ("straight", "resumed"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
     assert straight["unmasking_policy"].endswith(FINAL)
+    # The straight run logged its three steps to an offline W&B run with verl's names.
+    record = read_offline_run(next((tmp_path / "straight" / "wandb").glob("offline-run-*/run-*.wandb")))
+    assert len(record["history"]) == 3
+    assert all(k in record["history"][-1] for k in ("critic/score/mean", "rollout/nfe", "actor/pg_loss", "actor/grad_norm"))
     logged = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert logged == [1, 2, 3]
 
