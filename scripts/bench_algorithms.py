@@ -32,7 +32,10 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from bench_train import PeakRSS, model_config  # noqa: E402
 
-ALGORITHMS = ("diffu_grpo", "coupled_grpo", "igpo", "gdpo", "lightning_rl", "just_grpo")
+ALGORITHMS = ("diffu_grpo", "coupled_grpo", "igpo", "gdpo", "lightning_rl", "just_grpo", "spg", "espo", "bgpo", "bgpo_naive", "trace_rl", "cj_grpo")
+# Rows that are an algorithm with other knobs: BGPO keeping every draw's graph (the naive
+# many-sample ELBO its memory is measured against).
+VARIANTS = {"bgpo_naive": ("bgpo", {"bgpo": {"checkpoint_draws": False}})}
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -46,8 +49,12 @@ def worker(args: argparse.Namespace) -> dict:
     model = random_model(model_config(args), seed=0).to(device).train()
     if args.attention[0] == "block_causal":
         model.facts = replace(model.facts, attention="block_causal", block_size=4)
-    cls, _ = algorithm_entry(args.worker)
-    algo = build_algorithm(cls(num_generations=args.group))
+    name, knobs = VARIANTS.get(args.worker, (args.worker, {}))
+    cls, _ = algorithm_entry(name)
+    cfg = cls(num_generations=args.group)
+    for group, values in knobs.items():
+        setattr(cfg, group, replace(getattr(cfg, group), **values))
+    algo = build_algorithm(cfg)
     b, plen, glen = args.batch, args.prompt, args.completion
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, args.vocab - 2, (b, plen), generator=gen).to(device)
@@ -55,7 +62,9 @@ def worker(args: argparse.Namespace) -> dict:
     ones = torch.ones(b, glen, dtype=torch.bool, device=device)
     hints = torch.zeros_like(ones)
     hints[:, : glen // 4] = True  # IGPO's entropy filter has hint tokens to choose from
-    batch = PolicyBatch(prompt, torch.ones_like(prompt, dtype=torch.bool), completion, ones, torch.arange(b, device=device), completion * 0, hints, ones.float())
+    # Two tokens committed per decode step (d1's 256 tokens in 128 steps), for the trace replays.
+    step_map = (torch.arange(glen, device=device) // 2).expand(b, glen)
+    batch = PolicyBatch(prompt, torch.ones_like(prompt, dtype=torch.bool), completion, ones, torch.arange(b, device=device), step_map, hints, ones.float())
     advantages = torch.linspace(-1, 1, b, device=device)
     weights = token_weights(ones, algo.config.loss_type, b, glen)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)

@@ -31,6 +31,9 @@ class BGPOKnobs:
     num_draws: int = 16
     # uniform: t_k ~ U(0, 1) per sample (double Monte Carlo); gauss: Gauss-Legendre nodes.
     time_sampling: str = "uniform"
+    # Recompute each draw's forward in the backward so memory holds one draw's graph (false: keep
+    # all K graphs, the naive many-sample ELBO, faster when they fit).
+    checkpoint_draws: bool = True
 
 
 @dataclass
@@ -68,7 +71,7 @@ def build(cfg: BGPOConfig) -> Algorithm:
     return Algorithm(
         config=cfg,
         # ELBO_ik = (1/t_k) sum_i 1[y_t^i = M] log p(y^i | y_t, q), one checkpointed forward per draw
-        estimator=PerDrawELBO(num_draws=knobs.num_draws, time_sampling=knobs.time_sampling),
+        estimator=PerDrawELBO(num_draws=knobs.num_draws, time_sampling=knobs.time_sampling, checkpointed=knobs.checkpoint_draws),
         # A_i = r_i - mean_j r_j over the group
         advantage=reward_advantages("group_mean", cfg.scale_rewards),
         loss=partial(boundary_loss, beta=cfg.beta),

@@ -175,10 +175,12 @@ class PerDrawELBO:
     """The ELBO of :class:`~diffrl.algorithms.estimators.MonteCarloELBO` (one mask per time, the
     same keyed draws) kept per draw: ``logp`` [B, Lc, K], channel k = K w_k 1[masked] l / t_k, so
     the channel mean is the ELBO and each channel alone an estimate of it. Under grad each draw's
-    forward runs under activation checkpointing: memory holds one draw's graph, not K."""
+    forward runs under activation checkpointing (``checkpointed``): memory holds one draw's graph,
+    not K, for one more forward per draw in the backward."""
 
     num_draws: int = 16
     time_sampling: str = "uniform"
+    checkpointed: bool = True
 
     def __call__(self, model: DiffusionLM, batch: PolicyBatch, seed: int) -> TokenScores:
         base = MonteCarloELBO(num_nodes=self.num_draws, masks_per_node=1, time_sampling=self.time_sampling)
@@ -189,7 +191,7 @@ class PerDrawELBO:
         for k in range(self.num_draws):
             masked = completion_uniforms(batch, seed, k, 0) < t[:, k : k + 1]
             args = (model, batch, rows, masked, masked & c)
-            logp, ent = checkpoint(score_noisy_rows, *args, use_reentrant=False) if torch.is_grad_enabled() else score_noisy_rows(*args)
+            logp, ent = checkpoint(score_noisy_rows, *args, use_reentrant=False) if self.checkpointed and torch.is_grad_enabled() else score_noisy_rows(*args)
             channels.append((self.num_draws * w[:, k : k + 1] / t[:, k : k + 1]).float() * logp)
             entropy, times_masked = entropy + ent, times_masked + masked.float()
         return TokenScores(logp=torch.stack(channels, -1), mask=c, entropy=entropy / times_masked.clamp_min(1))
