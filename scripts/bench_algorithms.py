@@ -9,7 +9,8 @@ benchmarked by bench_rollout.py. Each (algorithm, attention) runs in its own pro
 memory is its own. ``block_causal`` reruns the same weights as a block-diffusion model (the
 two-stream layout, block 4). Reported: model forward calls and the rows they processed (a
 row = one sequence; noisy copies and autoregressive positions count as rows), rows recomputed
-in the backward (activation checkpointing of the batched AR likelihood), seconds per step and
+in the backward (activation checkpointing of the batched AR likelihood), the MiB of tensors
+autograd saves for the backward outside the weights (the graph; what BGPO keeps flat), seconds per step and
 peak memory (CPU: resident memory above the size before the step, sampled every 2 ms; GPU: peak
 allocated). A benchmark, not a test: it prints numbers and asserts nothing about them.
 """
@@ -68,7 +69,7 @@ def worker(args: argparse.Namespace) -> dict:
     advantages = torch.linspace(-1, 1, b, device=device)
     weights = token_weights(ones, algo.config.loss_type, b, glen)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    calls = {"forward": 0, "rows": 0, "backward_rows": 0}
+    calls = {"forward": 0, "rows": 0, "backward_rows": 0, "graph_mib": 0.0}
     phase = {"backward": False}
 
     def count(_module: torch.nn.Module, inputs: tuple) -> None:
@@ -81,13 +82,26 @@ def worker(args: argparse.Namespace) -> dict:
 
     model.register_forward_pre_hook(count)
 
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    graph: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            graph[storage.data_ptr()] = storage.nbytes()
+        return t
+
     def step() -> None:
-        scores = algo.estimator(model, batch, 1)
-        if algo.token_filter is not None:
-            weights_now = weights * algo.token_filter(scores, batch)
-        else:
-            weights_now = weights
-        loss, _ = algo.loss(scores.logp, scores.logp.detach(), advantages, weights_now, ref_logp=scores.logp.detach())
+        graph.clear()
+        # What autograd keeps for the backward (activation checkpointing keeps only its inputs).
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            scores = algo.estimator(model, batch, 1)
+            if algo.token_filter is not None:
+                weights_now = weights * algo.token_filter(scores, batch)
+            else:
+                weights_now = weights
+            loss, _ = algo.loss(scores.logp, scores.logp.detach(), advantages, weights_now, ref_logp=scores.logp.detach())
+        calls["graph_mib"] = sum(graph.values()) / 2**20
         phase["backward"] = True
         loss.backward()
         phase["backward"] = False
@@ -109,7 +123,7 @@ def worker(args: argparse.Namespace) -> dict:
             torch.cuda.synchronize()
         seconds = (time.perf_counter() - start) / args.steps
     memory = torch.cuda.max_memory_allocated() if device.type == "cuda" else peak.peak - base
-    return {k: v / args.steps for k, v in calls.items()} | {"seconds": seconds, "peak_mib": memory / 2**20}
+    return {k: v / args.steps for k, v in calls.items()} | {"graph_mib": calls["graph_mib"], "seconds": seconds, "peak_mib": memory / 2**20}
 
 
 def main() -> None:
@@ -134,7 +148,7 @@ def main() -> None:
         f"one training step, batch {args.batch} x (prompt {args.prompt} + completion {args.completion}), "
         f"d_model {args.d_model}, {args.layers} layers, vocab {args.vocab}, {args.device}"
     )
-    header = f"{'algorithm':<14}{'attention':<15}{'forwards':>9}{'rows':>8}{'bwd rows':>9}{'s/step':>9}{'peak MiB':>10}{'x diffu':>9}"
+    header = f"{'algorithm':<14}{'attention':<15}{'forwards':>9}{'rows':>8}{'bwd rows':>9}{'graph MiB':>10}{'s/step':>9}{'peak MiB':>10}{'x diffu':>9}"
     print(header)
     base: dict[str, float] = {}
     for attention in args.attention:
@@ -145,7 +159,7 @@ def main() -> None:
             r = json.loads(out.strip().splitlines()[-1])
             base.setdefault(attention, r["seconds"])
             print(
-                f"{name:<14}{attention:<15}{r['forward']:>9.0f}{r['rows']:>8.0f}{r['backward_rows']:>9.0f}"
+                f"{name:<14}{attention:<15}{r['forward']:>9.0f}{r['rows']:>8.0f}{r['backward_rows']:>9.0f}{r['graph_mib']:>10.1f}"
                 f"{r['seconds']:>9.3f}{r['peak_mib']:>10.1f}{r['seconds'] / base[attention]:>9.2f}"
             )
 

@@ -43,3 +43,13 @@ class BlockSchedule:
         if self.linear is not None:
             return self.linear[:, step]
         return proportional_counts(num_masked, step, self.steps, self.eps)
+
+
+def ascending_counts(num_masked: Tensor, steps: int) -> Tensor:
+    """CJ-GRPO's Ascending Step-Size schedule [B, steps]: step i commits 2^i tokens and the last
+    step all that are left (EOSER-ASS-RL get_num_transfer_tokens_ass); a block with fewer masks
+    than the doubling asks for runs out early (its later steps commit 0)."""
+    doubling = 2 ** torch.arange(steps, device=num_masked.device)
+    done = torch.minimum(doubling.cumsum(0)[None, :], num_masked[:, None])
+    done[:, -1] = num_masked
+    return torch.diff(done, dim=1, prepend=torch.zeros_like(done[:, :1]))
