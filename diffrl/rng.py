@@ -24,6 +24,13 @@ STREAM_PROMPT_MASK = 3
 STREAM_COMPLETION_MASK = 4
 STREAM_TIME = 5
 
+# Seed streams of the training loop: ``counter_hash(trainer.seed, step, stream)`` seeds one use of
+# a step. Inner update k's estimator masks use stream ``SEED_UPDATE + k``.
+SEED_UPDATE = 0
+SEED_REGENERATE = 1  # with rollout.seed: the draws of samples a group repair regenerates
+SEED_REPAIR = 2  # the repair's own choices (IGPO's hint chunks and replaced slots)
+SEED_SUPERVISED = 7  # the masks of a supervised (SFT or warm-start) step
+
 
 def _mul32(x: Tensor, c: int) -> Tensor:
     """(x * c) mod 2^32 for 0 <= x < 2^32 without leaving int64."""

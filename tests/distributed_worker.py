@@ -29,6 +29,7 @@ from diffrl.rewards.registry import register_reward  # noqa: E402
 # samples per step, 4 samples per micro-batch (so 2 ranks split exactly into the 1-process
 # micro-batches), two inner updates (old log-probs) and a KL reference, activation checkpointing.
 STEP_OVERRIDES = [
+    "recipe=demo",
     "trainer.batch_size=4",
     "algorithm.num_generations=4",
     "trainer.micro_batch_size=4",
@@ -83,9 +84,10 @@ def named_weights(model: Any) -> dict[str, torch.Tensor]:
 
 def main(out: Path, model_dir: str, variants: list[str]) -> None:
     from diffrl.rollout.config import RolloutConfig
-    from diffrl.trainer.checkpoint import save_checkpoint
     from diffrl.trainer.distributed import init_distributed, shutdown
-    from diffrl.trainer.loop import checkpoint_meta, generate_in_chunks, rl_step, setup
+    from diffrl.trainer.export import checkpoint_meta
+    from diffrl.trainer.build import setup
+    from diffrl.trainer.loop import rl_step
 
     world = init_distributed("cpu")
     try:
@@ -97,13 +99,13 @@ def main(out: Path, model_dir: str, variants: list[str]) -> None:
             try:
                 metrics = rl_step(run, 0)
                 state = {"scheduler": run.scheduler.state_dict(), "loader": run.loader.state_dict()}
-                save_checkpoint(folder / "checkpoints", 1, run.policy, state, checkpoint_meta(run))
-                full = run.policy.full_state_dict()
+                run.policy.save_checkpoint(folder / "checkpoints", 1, state, checkpoint_meta(run))
+                full = run.policy.state_dict()
                 # The full weights this rank rolls out with.
-                torch.save(run.policy.generate(named_weights), folder / f"local_rank{world.rank}.pt")
+                torch.save(run.policy.strategy.generate(named_weights), folder / f"local_rank{world.rank}.pt")
                 prompt_ids, prompt_mask, sample_ids = probe_prompts(run, world.rank)
                 probe = RolloutConfig(max_completion_length=8, block_length=4, steps=8, temperature=1.0, stop_at_eos=True, seed=5)
-                gen = run.policy.generate(generate_in_chunks, prompt_ids, prompt_mask, sample_ids, probe, 6)
+                gen = run.policy.generate(prompt_ids, prompt_mask, probe, sample_ids=sample_ids, chunk=6)
                 torch.save({"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "sample_ids": sample_ids,
                             "completion_ids": gen.completion_ids, "logprob": gen.logprob, "nfe": gen.nfe},
                            folder / f"gen_rank{world.rank}.pt")
@@ -111,9 +113,7 @@ def main(out: Path, model_dir: str, variants: list[str]) -> None:
                     torch.save(full, folder / "full.pt")
                     (folder / "metrics.json").write_text(json.dumps(metrics))
             finally:
-                run.policy.close()
-                if hasattr(run.reference, "close"):
-                    run.reference.close()
+                run.close()
     finally:
         shutdown()
 

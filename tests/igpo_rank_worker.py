@@ -26,7 +26,8 @@ def correct_on_rank_one(completions: list[str], rows: list[dict], **_: Any) -> l
 
 def main(out: Path) -> None:
     from diffrl.trainer.distributed import init_distributed, shutdown
-    from diffrl.trainer.loop import rl_step, setup
+    from diffrl.trainer.build import setup
+    from diffrl.trainer.loop import rl_step
 
     world = init_distributed("cpu")
     try:
@@ -41,9 +42,7 @@ def main(out: Path) -> None:
         try:
             metrics = rl_step(run, 0)
         finally:
-            run.policy.close()
-            if hasattr(run.reference, "close"):
-                run.reference.close()
+            run.close()
         (out / f"metrics_rank{world.rank}.json").write_text(json.dumps(metrics))
     finally:
         shutdown()

@@ -57,7 +57,8 @@ STEP = [
 @pytest.mark.parametrize("algorithm", list(ALGORITHMS))
 def test_one_step_of_every_algorithm_on_every_family(tmp_path: Path, tiny_checkpoint, family: str, algorithm: str) -> None:
     from diffrl.trainer.distributed import init_distributed
-    from diffrl.trainer.loop import rl_step, setup
+    from diffrl.trainer.build import setup
+    from diffrl.trainer.loop import rl_step
 
     ckpt = tiny_checkpoint(family)
     # The family's tiny architecture, rebuilt on the sort task's vocabulary (the loop writes it).

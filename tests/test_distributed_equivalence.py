@@ -36,11 +36,12 @@ CLOSE_METRICS = ("actor/grad_norm", "actor/pg_loss", "actor/kl_loss", "actor/ent
 
 def one_process_step(out: Path, *overrides: str) -> tuple[dict, dict[str, torch.Tensor], Path]:
     from diffrl.trainer.distributed import init_distributed
-    from diffrl.trainer.loop import rl_step, setup
+    from diffrl.trainer.build import setup
+    from diffrl.trainer.loop import rl_step
 
     run = setup(recipe(f"trainer.output_dir={out}", *overrides), init_distributed("cpu"))
     metrics = rl_step(run, 0)
-    return metrics, run.policy.full_state_dict(), run.model_dir
+    return metrics, run.policy.state_dict(), run.model_dir
 
 
 def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -50,9 +51,9 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 def test_sharded_steps_equal_the_one_process_step(tmp_path: Path) -> None:
     from diffrl.models import load_pretrained
+    from diffrl.rollout import generate_chunked
     from diffrl.rollout.config import RolloutConfig
     from diffrl.trainer.export import checkpoint_model
-    from diffrl.trainer.loop import generate_in_chunks
 
     reference = {"full": one_process_step(tmp_path / "single"), "lora": one_process_step(tmp_path / "single_lora", "trainer.lora.enabled=true", "trainer.lora.r=4")}
     model_dir = reference["full"][2]
@@ -90,7 +91,7 @@ def test_sharded_steps_equal_the_one_process_step(tmp_path: Path) -> None:
         gen_diff = 0.0
         for rank in range(2):
             gen = torch.load(folder / f"gen_rank{rank}.pt")
-            again = generate_in_chunks(plain.eval(), gen["prompt_ids"], gen["prompt_mask"], gen["sample_ids"], probe, 6)
+            again = generate_chunked(plain.eval(), gen["prompt_ids"], gen["prompt_mask"], probe, chunk=6, sample_ids=gen["sample_ids"])
             assert torch.equal(again.completion_ids, gen["completion_ids"]), (name, rank)
             gen_diff = max(gen_diff, (again.logprob - gen["logprob"]).abs().max().item())
         assert gen_diff < 1e-5, (name, gen_diff)

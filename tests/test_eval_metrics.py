@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf.errors import ConfigKeyError
 
+from diffrl.errors import DiffrlConfigError
 from diffrl.eval.metrics import pass_at_k, summarize
 from diffrl.eval.records import PartWriter, read_all, read_jsonl
 from diffrl.eval.samples import SampleScorer
@@ -127,7 +127,7 @@ def test_bad_eval_settings_name_the_field(override: str, message: str) -> None:
 
 
 def test_unknown_eval_key_is_rejected_with_its_name() -> None:
-    with pytest.raises(ConfigKeyError, match="num_sample"):
+    with pytest.raises(DiffrlConfigError, match=r"eval.num_sample is not a setting of EvalConfig.*did you mean eval.num_samples"):
         compose_eval("+eval.num_sample=3")
 
 

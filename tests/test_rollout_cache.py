@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from diffrl.models import DiffusionLM
-from diffrl.rollout import RolloutConfig, generate
+from diffrl.rollout import EditLog, Rollout, RolloutConfig, generate, generate_chunked
 from diffrl.rollout.cache import make_cache
 from diffrl.rollout.canvas import BlockGrid, Canvas
 from diffrl.rollout.runner import Runner
@@ -307,3 +308,54 @@ def test_generate_rejects_bad_inputs_with_the_fix(models) -> None:
         generate(sdar, ids, mask, config())
     with pytest.raises(ValueError, match="rollout.kv_cache=prefix"):
         generate(sdar, ids, mask, config(sdar, kv_cache="dual"))
+
+
+@pytest.mark.parametrize("family", ["llada", "llada2_moe"])
+def test_chunked_generation_keeps_every_per_sample_record(models, family: str) -> None:
+    """``generate_chunked`` in chunks of 2 equals one call on all 5 samples in every per-sample
+    field the rollout declares, the cache counts and the edit log (rows renumbered; entries in chunk order) included."""
+    model = models[family]
+    ids, mask = left_padded_prompts([7, 4, 6, 5, 3], seed=3)
+    cfg = config(model, kv_cache=cache_kind(model), threshold=0.4, editing_threshold=0.0, max_post_steps=1, temperature=1.0)
+    whole = generate(model, ids, mask, cfg, sample_ids=torch.arange(5) + 10)
+    chunked = generate_chunked(model, ids, mask, cfg, chunk=2, sample_ids=torch.arange(5) + 10)
+    for name in Rollout.per_sample_fields():
+        assert torch.equal(getattr(chunked, name), getattr(whole, name)), name
+    assert (whole.nfe_cache > 0).all(), "a cached rollout stores or refreshes its cache"
+    assert len(whole.edits) > 0, "editing_threshold=0 should edit something"
+
+    def entries(log: EditLog) -> list[tuple]:
+        return sorted(zip(*(getattr(log, f.name).tolist() for f in dataclasses.fields(EditLog))))
+
+    assert entries(chunked.edits) == entries(whole.edits)
+    assert chunked.metrics() == whole.metrics()
+
+
+def test_select_and_replace_rows_carry_every_record_and_renumber_edits(models) -> None:
+    """IGPO's repair: replaced rows take the new rollout's record and edits, keep their prompt and
+    sample id; ``select`` keeps the chosen rows' edits under their new row numbers."""
+    model = models["llada"]
+    ids, mask = left_padded_prompts([5, 6, 4, 7], seed=4)
+    cfg = config(model, threshold=0.4, editing_threshold=0.0, temperature=1.0)
+    old = generate(model, ids, mask, cfg, sample_ids=torch.arange(4))
+    new = generate(model, ids, mask, replace(cfg, seed=9), sample_ids=torch.arange(4) + 100)
+    dest, source = torch.tensor([3, 1]), torch.tensor([0, 2])
+    mixed = old.replace_rows(dest, new, source)
+    for name in Rollout.per_sample_fields("record"):
+        assert torch.equal(getattr(mixed, name)[dest], getattr(new, name)[source]), name
+        assert torch.equal(getattr(mixed, name)[[0, 2]], getattr(old, name)[[0, 2]]), name
+    assert torch.equal(mixed.sample_ids, old.sample_ids) and torch.equal(mixed.prompt_ids, old.prompt_ids)
+
+    def edits_of(rollout: Rollout, row: int) -> list[tuple[int, int, int]]:
+        log = rollout.edits
+        return sorted(zip(log.position[log.row == row].tolist(), log.step[log.row == row].tolist(), log.new_token[log.row == row].tolist()))
+
+    assert len(old.edits) > 0 and len(new.edits) > 0
+    for d, s in zip(dest.tolist(), source.tolist()):
+        assert edits_of(mixed, d) == edits_of(new, s)
+    for row in (0, 2):
+        assert edits_of(mixed, row) == edits_of(old, row)
+    picked = old.select(torch.tensor([2, 0]))
+    assert torch.equal(picked.completion_ids, old.completion_ids[[2, 0]])
+    assert edits_of(picked, 0) == edits_of(old, 2) and edits_of(picked, 1) == edits_of(old, 0)
+    assert len(picked.edits) == len(edits_of(old, 0)) + len(edits_of(old, 2))

@@ -14,7 +14,7 @@ from diffrl.models import DiffusionLM
 from diffrl.rng import counter_hash
 from diffrl.rollout import generate
 from diffrl.rollout.schedule import proportional_counts, transfer_counts
-from diffrl.rollout.strategies import commit_topk, dynamic_commit, factor_commit, sample_topk, threshold_commit
+from diffrl.rollout.selection import commit_topk, dynamic_commit, factor_commit, sample_topk, threshold_commit
 from tests.rollout_helpers import FAMILIES, block_causal, cache_kind, config, family_model, left_padded_prompts
 
 NEG = float("-inf")

@@ -54,7 +54,10 @@ def test_lora_rl_trains_only_adapters_against_the_frozen_base_and_merges(tmp_pat
     from diffrl.models import load_pretrained
     from diffrl.rollout import generate
     from diffrl.trainer.distributed import init_distributed
-    from diffrl.trainer.loop import rl_step, save_final, score_all, setup
+    from diffrl.algorithms.objective import score_in_micro_batches
+    from diffrl.trainer.export import save_final
+    from diffrl.trainer.build import setup
+    from diffrl.trainer.loop import rl_step
 
     run = setup(recipe(f"trainer.output_dir={tmp_path / 'run'}", "trainer=lora", "trainer.lora.r=4", *OFF), init_distributed("cpu"))
     model = run.model
@@ -68,10 +71,12 @@ def test_lora_rl_trains_only_adapters_against_the_frozen_base_and_merges(tmp_pat
     # The reference (adapter disabled) scores exactly as the untouched base model does.
     base = load_pretrained(run.model_dir).eval()
     batch = PolicyBatch.from_rollout(generate(base, *_prompts(run), run.cfg.rollout, sample_ids=torch.arange(8)))
+    estimator = run.algorithm.estimator
+    run.policy.micro_batch_size = 4
+    ref = run.reference.score(estimator, batch, 3)
     with torch.no_grad():
-        ref = run.reference(score_all, run.algorithm, batch, 3, 4)
-        frozen = score_all(base, run.algorithm, batch, 3, 4)
-        policy = run.policy(score_all, run.algorithm, batch, 3, 4)
+        frozen = score_in_micro_batches(base, estimator, batch, 3, 4)
+    policy = run.policy.score(estimator, batch, 3)
     assert torch.allclose(ref.logp, frozen.logp, atol=1e-6)
     assert (policy.logp - frozen.logp).abs().max() > 1e-4
 

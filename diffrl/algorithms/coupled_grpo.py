@@ -11,11 +11,9 @@ Loss: the token-level clipped surrogate with (epsilon, epsilon_high) plus beta *
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 
 from diffrl.algorithms.advantages import reward_advantages
 from diffrl.algorithms.estimators import CoupledComplementary
-from diffrl.algorithms.losses import clipped_policy_loss
 from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, register_algorithm
 
 
@@ -43,5 +41,5 @@ def build(cfg: CoupledGRPOConfig) -> Algorithm:
         estimator=CoupledComplementary(t_low=knobs.t_low, t_high=knobs.t_high),
         # A_i = r_i - (sum_j r_j - r_i) / (G - 1)
         advantage=reward_advantages("leave_one_out", cfg.scale_rewards),
-        loss=partial(clipped_policy_loss, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta),
+        loss=cfg.clipped_loss(),
     )

@@ -12,11 +12,9 @@ micro-batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 
 from diffrl.algorithms.advantages import reward_advantages
 from diffrl.algorithms.estimators import OneStepMeanField
-from diffrl.algorithms.losses import clipped_policy_loss
 from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, register_algorithm
 
 
@@ -35,5 +33,5 @@ def build(cfg: DiffuGRPOConfig) -> Algorithm:
         # A_i = r_i - mean_j r_j over the group
         advantage=reward_advantages("group_mean", cfg.scale_rewards),
         # -min(rho A, clip(rho, 1-eps, 1+eps_high) A) + beta k3
-        loss=partial(clipped_policy_loss, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta),
+        loss=cfg.clipped_loss(),
     )

@@ -12,11 +12,9 @@ project page writes L / L_old), clipped, averaged 1/|y_g| per sequence then over
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 
 from diffrl.algorithms.advantages import reward_advantages
 from diffrl.algorithms.estimators import MonteCarloELBO
-from diffrl.algorithms.losses import clipped_policy_loss
 from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, register_algorithm
 
 
@@ -46,5 +44,5 @@ def build(cfg: GDPOConfig) -> Algorithm:
         estimator=MonteCarloELBO(num_nodes=knobs.num_nodes, masks_per_node=knobs.masks_per_node, time_sampling=knobs.time_sampling),
         advantage=reward_advantages("group_mean", cfg.scale_rewards),
         # -min(r_g A_g, clip(r_g, 1 - eps, 1 + eps_high) A_g), r_g = exp((L - L_old) / |y_g|)
-        loss=partial(clipped_policy_loss, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta, ratio_level="sequence"),
+        loss=cfg.clipped_loss(ratio_level="sequence"),
     )

@@ -16,7 +16,7 @@ exp(mean_t (l_t - l_old,t)) (GSPO), clipped with (epsilon, epsilon_high), plus b
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -25,9 +25,8 @@ from torch import Tensor
 from diffrl.algorithms.advantages import Outcome, reward_advantages
 from diffrl.algorithms.batch import PolicyBatch
 from diffrl.algorithms.estimators import OneStepMeanField, TokenScores
-from diffrl.algorithms.losses import clipped_policy_loss
 from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, RolloutContext, register_algorithm
-from diffrl.rollout.strategies import ranks
+from diffrl.rollout.selection import ranks
 from diffrl.rollout.trajectory import Rollout
 
 
@@ -120,20 +119,7 @@ def inpaint_failed_groups(rollout: Rollout, outcome: Outcome, ctx: RolloutContex
         source += (i * g + chosen).tolist()
         dest += range(group * g, group * g + chosen.numel())
     src, dst = torch.tensor(source, dtype=torch.long, device=device), torch.tensor(dest, dtype=torch.long, device=device)
-    return replace_rows(rollout, dst, new, src), dst
-
-
-def replace_rows(rollout: Rollout, dest: Tensor, new: Rollout, source: Tensor) -> Rollout:
-    """``rollout`` with its completion rows ``dest`` (and their records) taken from ``new``'s rows
-    ``source``; each row keeps its sample id, which keys its estimator masks."""
-    names = ("completion_ids", "step_map", "confidence", "logprob", "fixed_mask", "nfe", "nfe_cache")
-    patched = {}
-    for name in names:
-        values = getattr(rollout, name).clone()
-        values[dest] = getattr(new, name)[source]
-        patched[name] = values
-    kept = {f.name: getattr(rollout, f.name) for f in fields(rollout) if f.init and f.name not in names}
-    return Rollout(**kept, **patched)
+    return rollout.replace_rows(dst, new, src), dst
 
 
 def entropy_filter(scores: TokenScores, batch: PolicyBatch, ratio: float) -> Tensor:
@@ -160,10 +146,7 @@ def build(cfg: IGPOConfig) -> Algorithm:
         # A_i = r_i - mean_j r_j over the (repaired) group
         advantage=reward_advantages("group_mean", cfg.scale_rewards),
         # -min(rho A, clip(rho, 1 - eps, 1 + eps_high) A) + beta k3, rho per sequence with use_gspo
-        loss=partial(
-            clipped_policy_loss, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta,
-            ratio_level="sequence" if knobs.use_gspo else "token",
-        ),
+        loss=cfg.clipped_loss(ratio_level="sequence" if knobs.use_gspo else "token"),
         repair=partial(inpaint_failed_groups, knobs=knobs),
         token_filter=partial(entropy_filter, ratio=knobs.entropy_clipping_ratio),
     )

@@ -13,13 +13,11 @@ Loss: plain GRPO, on-policy (rho = 1, the clip inert at one update), no KL, scal
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from functools import partial
 
 from torch import Tensor
 
 from diffrl.algorithms.advantages import Outcome, reward_advantages
 from diffrl.algorithms.estimators import AutoregressiveLikelihood
-from diffrl.algorithms.losses import clipped_policy_loss
 from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, register_algorithm
 from diffrl.rollout.config import RolloutConfig
 
@@ -62,7 +60,7 @@ def build(cfg: JustGRPOConfig) -> Algorithm:
         # A_i = (r_i - mean) / (std + 1e-4)
         advantage=reward_advantages("group_mean", cfg.scale_rewards),
         # -min(rho A, clip(rho) A) / (L n_valid); rho = 1 on-policy
-        loss=partial(clipped_policy_loss, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta),
+        loss=cfg.clipped_loss(),
         rollout_config=autoregressive_order,
         keep=groups_with_signal,
     )

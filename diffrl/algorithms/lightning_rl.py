@@ -22,7 +22,6 @@ from torch import Tensor
 
 from diffrl.algorithms.advantages import Outcome, min_max, z_score
 from diffrl.algorithms.estimators import OneStepMeanField
-from diffrl.algorithms.losses import clipped_policy_loss
 from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, NLLTerm, register_algorithm
 
 TPF_NORMS = ("z_score", "minmax", "none")
@@ -108,7 +107,7 @@ def build(cfg: LightningRLConfig) -> Algorithm:
         estimator=OneStepMeanField(p_mask_prompt=0.0),
         advantage=partial(decoupled_advantages, knobs=knobs),
         # -min(rho A, clip(rho, 1 - eps, 1 + eps_high) A) + beta k3, rho = exp(clamp(l - l_old, +-10))
-        loss=partial(clipped_policy_loss, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta, log_ratio_clamp=knobs.log_ratio_clamp),
+        loss=cfg.clipped_loss(log_ratio_clamp=knobs.log_ratio_clamp),
         keep=partial(tpf_aware_keep, knobs=knobs),
         nll=NLLTerm(coef=knobs.nll_loss_weight, samples=accurate) if knobs.nll_loss_weight > 0 else None,
     )

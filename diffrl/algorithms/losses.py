@@ -12,11 +12,20 @@ from torch import Tensor
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 
 
-def token_weights(mask: Tensor, loss_type: str, micro_batch_size: int, max_completion_length: int, global_tokens: float | None = None, global_sequences: float | None = None) -> Tensor:
+def token_weights(
+    mask: Tensor,
+    loss_type: str,
+    micro_batch_size: int,
+    max_completion_length: int,
+    global_tokens: float | None = None,
+    global_sequences: float | None = None,
+    world_size: int = 1,
+) -> Tensor:
     """Weights [B, L] whose dot product with per-token losses gives TRL's ``loss_type`` reductions.
 
     - ``grpo``: mean over sequences of each sequence's token mean.
-    - ``bnpo``: token mean within each micro-batch, averaged over micro-batches (d1's reduction).
+    - ``bnpo``: token mean within each micro-batch, averaged over micro-batches (d1's reduction)
+      and over the ``world_size`` ranks (each rank's micro-batches are its own).
     - ``dr_grpo``: token sum over (sequences x ``max_completion_length``) (Dr. GRPO).
     - ``dapo``: token mean over the whole (global) batch.
     ``global_tokens`` / ``global_sequences`` are the counts over all ranks (default: local).
@@ -33,7 +42,7 @@ def token_weights(mask: Tensor, loss_type: str, micro_batch_size: int, max_compl
         return m / (n_seq * max_completion_length)
     if loss_type == "bnpo":
         chunks = m.split(micro_batch_size)
-        return torch.cat([c / c.sum().clamp_min(1) / len(chunks) for c in chunks])
+        return torch.cat([c / c.sum().clamp_min(1) / len(chunks) / world_size for c in chunks])
     raise ValueError(f"loss_type={loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
 
 

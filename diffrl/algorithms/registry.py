@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from torch import Tensor
@@ -12,6 +13,7 @@ from torch import Tensor
 from diffrl.algorithms.advantages import Outcome
 from diffrl.algorithms.batch import PolicyBatch
 from diffrl.algorithms.estimators import LikelihoodEstimator, TokenScores
+from diffrl.algorithms.losses import clipped_policy_loss
 from diffrl.rollout.config import RolloutConfig
 from diffrl.rollout.trajectory import Rollout
 
@@ -42,6 +44,11 @@ class AlgorithmConfig:
     # The reward (a task reward's name) whose positive value marks a sample correct, for the rules
     # that need correctness (IGPO's trigger, LightningRL's accuracy and NLL); null = total reward > 0.
     correctness_reward: str | None = None
+
+    def clipped_loss(self, **options: Any) -> Callable[..., tuple[Tensor, dict[str, Tensor]]]:
+        """:func:`~diffrl.algorithms.losses.clipped_policy_loss` with this config's ``epsilon``,
+        ``epsilon_high`` and ``beta`` (``options``: ``ratio_level``, ``log_ratio_clamp``)."""
+        return partial(clipped_policy_loss, epsilon=self.epsilon, epsilon_high=self.epsilon_high, beta=self.beta, **options)
 
 
 @dataclass

@@ -7,9 +7,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from diffrl.errors import DiffrlConfigError
 from diffrl.kernels.dispatch import BACKENDS
 from diffrl.rollout.config import RolloutConfig
-from diffrl.trainer.config import ModelConfig, TaskConfig
+from diffrl.trainer.config import ModelConfig, TaskConfig, check_task, typed
 
 
 @dataclass
@@ -64,8 +65,9 @@ def to_eval_config(cfg: DictConfig | dict[str, Any]) -> EvalRecipe:
     """Validate a composed ``recipes/eval.yaml`` (unknown keys are errors) and return typed objects."""
     container = OmegaConf.to_container(OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg, resolve=True)
     raw = {k: container[k] for k in SECTIONS if k in container}  # type: ignore[index]
-    recipe: EvalRecipe = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EvalRecipe), raw))  # type: ignore[assignment]
+    recipe: EvalRecipe = typed(EvalRecipe, raw)
     check_eval(recipe)
+    check_task(recipe.task)
     return recipe
 
 
@@ -73,24 +75,24 @@ def check_eval(recipe: EvalRecipe) -> None:
     """Reject settings that cannot run, naming the field and the fix."""
     cfg = recipe.eval
     if cfg.kernels not in BACKENDS:
-        raise ValueError(f"eval.kernels={cfg.kernels!r} is not one of {', '.join(BACKENDS)}")
+        raise DiffrlConfigError(f"eval.kernels={cfg.kernels!r} is not one of {', '.join(BACKENDS)}")
     if cfg.num_samples < 1:
-        raise ValueError(f"eval.num_samples={cfg.num_samples} must be >= 1")
+        raise DiffrlConfigError(f"eval.num_samples={cfg.num_samples} must be >= 1")
     if cfg.batch_size < 1:
-        raise ValueError(f"eval.batch_size={cfg.batch_size} must be >= 1")
+        raise DiffrlConfigError(f"eval.batch_size={cfg.batch_size} must be >= 1")
     if cfg.limit is not None and cfg.limit < 1:
-        raise ValueError(f"eval.limit={cfg.limit} must be >= 1 (or null for every row)")
+        raise DiffrlConfigError(f"eval.limit={cfg.limit} must be >= 1 (or null for every row)")
     if not cfg.pass_k or any(k < 1 for k in cfg.pass_k):
-        raise ValueError(f"eval.pass_k={cfg.pass_k} must list positive k values, e.g. [1, 5, 10]")
+        raise DiffrlConfigError(f"eval.pass_k={cfg.pass_k} must list positive k values, e.g. [1, 5, 10]")
     names = [spec.name for spec in recipe.task.rewards]
     if cfg.correct_reward is not None and cfg.correct_reward not in names:
-        raise ValueError(f"eval.correct_reward={cfg.correct_reward!r} is not one of the task's rewards ({', '.join(names)})")
+        raise DiffrlConfigError(f"eval.correct_reward={cfg.correct_reward!r} is not one of the task's rewards ({', '.join(names)})")
     known = set(RolloutConfig.__dataclass_fields__)
     for key, values in cfg.sweep.items():
         if key not in known:
-            raise ValueError(f"eval.sweep key {key!r} is not a rollout field; use one of {', '.join(sorted(known))}")
+            raise DiffrlConfigError(f"eval.sweep key {key!r} is not a rollout field; use one of {', '.join(sorted(known))}")
         if not isinstance(values, list) or not values:
-            raise ValueError(f"eval.sweep.{key} must be a non-empty list of values, e.g. [0.9, 0.7, 0.5]")
+            raise DiffrlConfigError(f"eval.sweep.{key} must be a non-empty list of values, e.g. [0.9, 0.7, 0.5]")
 
 
 def correct_reward(recipe: EvalRecipe) -> str:
@@ -98,5 +100,5 @@ def correct_reward(recipe: EvalRecipe) -> str:
     if recipe.eval.correct_reward is not None:
         return recipe.eval.correct_reward
     if not recipe.task.rewards:
-        raise ValueError("task.rewards is empty; name at least one reward")
+        raise DiffrlConfigError("task.rewards is empty; name at least one reward")
     return recipe.task.rewards[0].name

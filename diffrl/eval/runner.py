@@ -29,9 +29,10 @@ from diffrl.eval.plots import plot_accuracy_vs_tpf, plot_finalization_heatmap
 from diffrl.eval.samples import SampleScorer, reference_tokens
 from diffrl.kernels import set_backend
 from diffrl.models import DiffusionLM, load_pretrained
+from diffrl.models.tokenizer import load_tokenizer
 from diffrl.rewards import RewardRunner
 from diffrl.rollout import RolloutConfig, generate
-from diffrl.trainer.build import TaskData, load_task_rows, load_tokenizer, prepare_model_folder, prepare_task, prompt_encoder
+from diffrl.trainer.build import TaskData, load_task_rows, prepare_model_folder, prepare_task, prompt_encoder
 from diffrl.trainer.config import TaskConfig
 from diffrl.trainer.distributed import World, barrier, init_distributed
 

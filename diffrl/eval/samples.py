@@ -9,11 +9,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffrl.algorithms.correctness import is_correct
 from diffrl.data import DataError
 from diffrl.rewards import RewardRunner
 from diffrl.rollout.metrics import decoded_tokens, finalization_parallelism, kendall_tau
 from diffrl.rollout.trajectory import Rollout
-from diffrl.trainer.loop import decode_completions
 from diffrl.trainer.sft import response_text
 
 
@@ -21,7 +21,8 @@ from diffrl.trainer.sft import response_text
 class SampleScorer:
     """Scores a rollout of ``rows`` with the task's rewards and records each sample.
 
-    A sample is correct when ``correct_reward`` scores at least ``threshold``. ``keys`` name each
+    A sample is correct when ``correct_reward`` scores at least ``threshold`` (:func:`is_correct`).
+    ``keys`` name each
     sample as (row index, sample number); records are plain JSON-ready dicts.
     """
 
@@ -32,14 +33,15 @@ class SampleScorer:
     save_trajectory: bool = True
 
     def __call__(self, rollout: Rollout, rows: list[dict[str, Any]], keys: list[tuple[int, int]], gen_s: float) -> list[dict[str, Any]]:
-        completions = decode_completions(self.tokenizer, rollout)
+        completions = rollout.decode(self.tokenizer)
         scored = self.rewards(completions, rows)
+        correct = is_correct(scored, self.correct_reward, self.threshold).tolist()
         step_map, mask = rollout.step_map.cpu(), rollout.completion_mask.cpu()
         decoded = decoded_tokens(step_map, mask).sum(1).tolist()
         tpf = rollout.tokens_per_forward.cpu().tolist()
         afp = finalization_parallelism(step_map, mask).tolist()
         tau = kendall_tau(step_map, mask).tolist()
-        nfe, nfe_cache = rollout.nfe.cpu().tolist(), rollout.nfe_cache.cpu().tolist()  # type: ignore[union-attr]
+        nfe, nfe_cache = rollout.nfe.cpu().tolist(), rollout.nfe_cache.cpu().tolist()
         lengths, truncated = rollout.lengths.cpu().tolist(), rollout.truncated.cpu().tolist()
         records = []
         for b, ((index, sample), row, text) in enumerate(zip(keys, rows, completions)):
@@ -54,7 +56,7 @@ class SampleScorer:
                 "score": float(scored.total[b]),
                 "rewards": rewards,
                 "reasons": {name: reasons[b] for name, reasons in scored.reasons.items()},
-                "correct": rewards[self.correct_reward] >= self.threshold,
+                "correct": bool(correct[b]),
                 "length": int(lengths[b]),
                 "decoded": int(decoded[b]),
                 "truncated": bool(truncated[b]),

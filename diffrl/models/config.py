@@ -7,12 +7,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from diffrl.errors import DiffrlConfigError
+
 if TYPE_CHECKING:
     from diffrl.models.base import ModelFacts
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DiffrlConfigError):
     """A checkpoint folder or config that diffrl cannot load as is; the message names the fix."""
+
+
+def require_folder(folder: str | Path) -> Path:
+    """``folder`` as a Path, if it is a local folder; else a :class:`CheckpointError` saying how to
+    point ``model.path`` at one (nothing is downloaded, so a hub name is not a folder either)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise CheckpointError(
+            f"model.path={folder} {what}; set model.path (or the environment variable its model recipe names) "
+            "to a local checkpoint folder with config.json and *.safetensors (diffrl downloads nothing)"
+        )
+    return folder
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -63,7 +78,7 @@ class FolderFiles:
 
     @classmethod
     def read(cls, folder: str | Path) -> "FolderFiles":
-        folder = Path(folder)
+        folder = require_folder(folder)
         config = read_json(folder / "config.json")
         gen_path = folder / "generation_config.json"
         generation = read_json(gen_path) if gen_path.exists() else {}

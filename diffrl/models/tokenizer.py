@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from diffrl.models.config import CheckpointError, read_json
+from diffrl.models.config import CheckpointError, read_json, require_folder
 from diffrl.models.registry import family_class
 
 _SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "mask_token", "sep_token", "cls_token")
@@ -40,7 +40,7 @@ def load_tokenizer(folder: str | Path) -> Any:
     import transformers
     from transformers.utils import logging as hf_logging
 
-    folder = Path(folder)
+    folder = require_folder(folder)
     remote = _remote_tokenizer(_tokenizer_config(folder))
     loader: Any = transformers.AutoTokenizer
     if remote is not None:

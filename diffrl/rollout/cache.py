@@ -3,7 +3,7 @@
 Every forward runs a contiguous window of canvas columns ``[start, end)`` as queries. Its post-RoPE
 K/V are written into a per-layer buffer ``[rows, kv_heads, canvas width, head_dim]`` at those
 columns, and attention reads the buffer up to ``key_end``: columns outside the window hold what an
-earlier forward wrote there. A policy decides the window per row:
+earlier forward wrote there. A cache plan (:data:`CachePlan`) decides the window per row:
 
 * :class:`NoCache`: the whole canvas every step (block-causal: up to the last block being decoded).
 * :class:`BidirectionalCache` (LLaDA, Dream): a full refresh forward when a row starts a block
@@ -181,8 +181,12 @@ class BlockCache:
         self.cached_before[rows] = lo
 
 
-def make_cache(cfg: RolloutConfig, facts: ModelFacts, canvas: Canvas) -> NoCache | BidirectionalCache | BlockCache:
-    """The cache policy of a rollout on ``canvas``, from the recipe and the model's attention kind."""
+# What a rollout's runner asks for the windows of each step.
+CachePlan = NoCache | BidirectionalCache | BlockCache
+
+
+def make_cache(cfg: RolloutConfig, facts: ModelFacts, canvas: Canvas) -> CachePlan:
+    """The cache plan of a rollout on ``canvas``, from the recipe and the model's attention kind."""
     num_rows, width, device = canvas.tokens.shape[0], canvas.width, canvas.tokens.device
     if cfg.kv_cache == "none":
         return NoCache(facts, width)

@@ -143,9 +143,3 @@ class RolloutConfig:
     @property
     def steps_per_block(self) -> int:
         return self.steps // self.num_blocks
-
-    @property
-    def commits_at_least_one(self) -> bool:
-        """Whether every step commits at least one token whatever the schedule says (so a block
-        takes at most ``block_length`` steps)."""
-        return self.factor is not None or (self.threshold is not None and self.threshold_rule == "fast_dllm")

@@ -2,9 +2,9 @@
 
 Every row works on its own block of the current round (see :mod:`diffrl.rollout.canvas`). A step
 runs the rows that still have something to do in their block through the runner (which asks the
-KV-cache policy what to compute), decodes a token for each masked (and, when editing, each
-decoded) position of those blocks without materialising [batch, length, vocab], lets the strategy
-pick what to commit, and records it. Samples whose first stop token is committed with nothing
+KV-cache plan what to compute), decodes a token for each masked (and, when editing, each
+decoded) position of those blocks without materialising [batch, length, vocab], asks the
+:class:`~diffrl.rollout.unmasking.UnmaskingRule` what to commit and edit, and records it. Samples whose first stop token is committed with nothing
 masked before it leave the batch and free their cache.
 
 Step numbering is per sample: ``step`` is the number of steps that sample has taken part in, so
@@ -25,18 +25,16 @@ from diffrl.rollout.cache import make_cache
 from diffrl.rollout.canvas import BlockGrid, Canvas
 from diffrl.rollout.config import RolloutConfig
 from diffrl.rollout.runner import Runner
-from diffrl.rollout.schedule import BlockSchedule
-from diffrl.rollout.strategies import Strategy, decode_stats, remasking_scores
-from diffrl.rollout.trajectory import EditLog, Rollout
+from diffrl.rollout.trajectory import EditLog, Rollout, first_stop
+from diffrl.rollout.unmasking import Candidates, UnmaskingRule
 
 
 def finished_rows(completion: Tensor, mask_id: int, stop_ids: Tensor) -> Tensor:
     """Rows whose first stop token is committed and has no mask before it."""
     length = completion.shape[1]
-    is_stop = torch.isin(completion, stop_ids)
-    first = torch.where(is_stop.any(1), is_stop.float().argmax(1), torch.full_like(completion[:, 0], length))
+    first = first_stop(completion, stop_ids)
     before = torch.arange(length, device=completion.device)[None, :] < first[:, None]
-    return is_stop.any(1) & ~((completion == mask_id) & before).any(1)
+    return (first < length) & ~((completion == mask_id) & before).any(1)
 
 
 def check_inputs(prompt_ids: Tensor, prompt_mask: Tensor, cfg: RolloutConfig, fixed_tokens: Tensor | None, mask_id: int) -> None:
@@ -100,14 +98,39 @@ def generate(
     )
 
 
+def generate_chunked(
+    model: DiffusionLM,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    cfg: RolloutConfig,
+    *,
+    chunk: int | None = None,
+    sample_ids: Tensor | None = None,
+    fixed_tokens: Tensor | None = None,
+) -> Rollout:
+    """:func:`generate` over the batch in chunks of ``chunk`` samples (None: one chunk), concatenated
+    with every per-sample record (``trainer.rollout_batch_size`` bounds a rollout's memory this way).
+    Each sample's draws are keyed by its id, so the result equals one unchunked call's."""
+    bsz = prompt_ids.shape[0]
+    ids = torch.arange(bsz, device=prompt_ids.device) if sample_ids is None else sample_ids
+    step = chunk or bsz
+    parts = [
+        generate(
+            model, prompt_ids[s : s + step], prompt_mask[s : s + step], cfg, sample_ids=ids[s : s + step],
+            fixed_tokens=None if fixed_tokens is None else fixed_tokens[s : s + step],
+        )
+        for s in range(0, bsz, step)
+    ]
+    return Rollout.concat(parts)
+
+
 class DenoisingLoop:
     """The state of one rollout between steps: which samples are active, what each step decided."""
 
     def __init__(self, model: DiffusionLM, canvas: Canvas, grid: BlockGrid, runner: Runner, cfg: RolloutConfig, sample_ids: Tensor) -> None:
         self.model, self.canvas, self.grid, self.runner, self.cfg = model, canvas, grid, runner, cfg
         self.sample_ids = sample_ids
-        self.strategy = Strategy(cfg)
-        self.stats = decode_stats(cfg.remasking)
+        self.rule = UnmaskingRule(cfg)
         facts = model.facts
         self.mask_id, self.eos_id = facts.mask_token_id, facts.eos_token_id
         self.stop_ids = torch.tensor(facts.stop_token_ids, device=canvas.tokens.device)
@@ -120,52 +143,43 @@ class DenoisingLoop:
         self.edit_log: list[EditLog] = []
 
     def run_block(self, rnd: int) -> None:
-        """Denoise every active row's block of round ``rnd`` until it has nothing left to do."""
-        c, cfg = self.canvas, self.cfg
+        """Denoise every active row's block of round ``rnd`` until the rule says it is done."""
+        c = self.canvas
         cols = self.grid.columns(rnd)
         lo = cols[:, 0]
         in_completion = (cols >= c.prompt_width) & (cols < c.prompt_width + c.completion_length)
         comp = (cols - c.prompt_width).clamp(0, c.completion_length - 1)  # completion index of each column
         fixed = c.fixed.gather(1, comp) & in_completion
-        masked = (c.tokens.gather(1, cols) == self.mask_id) & in_completion
-        schedule = BlockSchedule(cfg.schedule, masked.sum(1), cfg.steps_per_block, cfg.eps)
-        # A threshold rule may commit without a quota from the schedule (SDAR's dynamic rule takes
-        # every confident position even on a step whose count is 0).
-        unscheduled = cfg.commits_at_least_one or cfg.threshold is not None
-        budget = (cfg.block_length if cfg.commits_at_least_one else cfg.steps_per_block) + cfg.max_post_steps
-        post_steps = torch.zeros_like(self.step)
-        changed = torch.ones_like(self.active)
-        editing = cfg.editing_threshold is not None
-        for s in range(budget):
+        progress = self.rule.start_block(((c.tokens.gather(1, cols) == self.mask_id) & in_completion).sum(1))
+        for s in range(self.rule.max_steps):
             tokens = c.tokens.gather(1, cols)
             masked = (tokens == self.mask_id) & in_completion
-            has_masks = masked.any(1)
-            k = schedule.counts(s, masked.sum(1))
-            decodes = has_masks & ((k > 0) | unscheduled)
-            if editing:
-                editable = in_completion & ~fixed & ~masked
-                post = ~has_masks & editable.any(1) & changed & (post_steps < cfg.max_post_steps)
-                decodes |= post
-                post_steps += post.long()
-            else:
-                editable = torch.zeros_like(masked)
+            editable = self.rule.editable(in_completion & ~fixed & ~masked)
+            decodes, k = progress.plan(s, masked, editable)
             rows = (self.active & decodes).nonzero().squeeze(1)
             if rows.numel() == 0:
-                if not (self.active & has_masks).any():
+                if not (self.active & masked.any(1)).any():
                     break
                 continue
             hidden = self.runner.block_hidden(rows, lo[rows], cols.shape[1], rnd)
             committed, edited = self._decide(rows, hidden, tokens[rows], masked[rows], editable[rows], comp[rows], k[rows])
-            changed[rows] = committed.any(1) | edited.any(1)
+            progress.record(rows, committed, edited)
             self.step[rows] += 1
-            if cfg.stop_at_eos:
+            if self.cfg.stop_at_eos:
                 self._stop_finished()
             if not self.active.any():
                 break
 
     def _decide(self, rows: Tensor, hidden: Tensor, tokens: Tensor, masked: Tensor, editable: Tensor, comp: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-        """Decode the rows' candidates, commit and edit, record; returns (committed, edited) [n, block]."""
-        cfg, c = self.cfg, self.canvas
+        """Decode the rows' candidates, ask the rule, write its choice; returns (committed, edited) [n, block]."""
+        step = self._decode(rows, hidden, tokens, masked, editable, comp)
+        committed, edited = self.rule.decide(step, k)
+        self._write(rows, comp, step, committed, edited)
+        return committed, edited
+
+    def _decode(self, rows: Tensor, hidden: Tensor, tokens: Tensor, masked: Tensor, editable: Tensor, comp: Tensor) -> Candidates:
+        """A token, its probabilities and the remasking score for every candidate position."""
+        cfg = self.cfg
         r_i, c_i = (masked | editable).nonzero(as_tuple=True)
         keys = counter_hash(cfg.seed, self.sample_ids[rows][r_i], self.step[rows][r_i], comp[r_i, c_i])
         decoded = decode_step(
@@ -176,7 +190,7 @@ class DenoisingLoop:
             top_k=cfg.top_k,
             top_p=cfg.top_p,
             suppress_ids=(self.mask_id,),
-            stats=self.stats,
+            stats=self.rule.stats,
         )
         uniforms = counter_uniform(STREAM_REMASK, cfg.seed, keys)
 
@@ -186,21 +200,31 @@ class DenoisingLoop:
             return out
 
         is_masked = masked[r_i, c_i]
-        scores = block(torch.where(is_masked, remasking_scores(cfg.remasking, decoded, uniforms), float("-inf")), float("-inf"))
-        margins = block(torch.where(is_masked, decoded.margin.double(), float("nan")), float("nan"))
-        committed = self.strategy.commit(scores, k, block(uniforms, 0.5), margins) & masked
-        new_tokens, probs = block(decoded.token, -1), block(decoded.prob.double(), 0.0)
-        edited = self.strategy.edits(new_tokens, probs, tokens, editable)
+        return Candidates(
+            masked=masked,
+            editable=editable,
+            current=tokens,
+            token=block(decoded.token, -1),
+            prob=block(decoded.prob.double(), 0.0),
+            logprob=block(decoded.logprob.float(), 0.0),
+            score=block(torch.where(is_masked, self.rule.scores(decoded, uniforms), float("-inf")), float("-inf")),
+            margin=block(torch.where(is_masked, decoded.margin.double(), float("nan")), float("nan")),
+            uniform=block(uniforms, 0.5),
+        )
+
+    def _write(self, rows: Tensor, comp: Tensor, step: Candidates, committed: Tensor, edited: Tensor) -> None:
+        """Write the committed and edited tokens into the canvas and the trajectory record."""
         if edited.any():
             er, ec = edited.nonzero(as_tuple=True)
-            self.edit_log.append(EditLog(rows[er], comp[er, ec], self.step[rows][er], tokens[er, ec], new_tokens[er, ec], probs[er, ec].float()))
+            self.edit_log.append(
+                EditLog(rows[er], comp[er, ec], self.step[rows][er], step.current[er, ec], step.token[er, ec], step.prob[er, ec].float())
+            )
         wr, wc = (committed | edited).nonzero(as_tuple=True)
         rr, pos = rows[wr], comp[wr, wc]
-        c.completion[rr, pos] = new_tokens[wr, wc]
+        self.canvas.completion[rr, pos] = step.token[wr, wc]
         self.step_map[rr, pos] = self.step[rr]
-        self.confidence[rr, pos] = probs[wr, wc].float()
-        self.logprob[rr, pos] = block(decoded.logprob.float(), 0.0)[wr, wc]
-        return committed, edited
+        self.confidence[rr, pos] = step.prob[wr, wc].float()
+        self.logprob[rr, pos] = step.logprob[wr, wc]
 
     def _stop_finished(self) -> None:
         """Rows that committed their first stop token with no mask before it leave the batch; what

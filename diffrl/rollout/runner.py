@@ -1,4 +1,4 @@
-"""Runs the model on the windows the cache policy plans and returns the current blocks' hidden states.
+"""Runs the model on the windows the KV cache plans and returns the current blocks' hidden states.
 
 The model sees only token ids, a 4-D keep-mask built by the model's own ``build_mask`` (so family
 masks live in one place), explicit position ids and the cache. Hidden states are returned for the
@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from diffrl.models.base import DiffusionLM
-from diffrl.rollout.cache import BidirectionalCache, BlockCache, KVBuffer, NoCache, Window
+from diffrl.rollout.cache import CachePlan, KVBuffer, Window
 from diffrl.rollout.canvas import Canvas
 
 
@@ -26,10 +26,10 @@ def unique_rows(x: Tensor) -> tuple[Tensor, Tensor]:
 class Runner:
     """Packs windows of the canvas into forwards and keeps the per-sample forward counts."""
 
-    def __init__(self, model: DiffusionLM, canvas: Canvas, policy: NoCache | BidirectionalCache | BlockCache, num_rows: int) -> None:
-        self.model, self.canvas, self.policy = model, canvas, policy
+    def __init__(self, model: DiffusionLM, canvas: Canvas, cache: CachePlan, num_rows: int) -> None:
+        self.model, self.canvas, self.cache = model, canvas, cache
         device = canvas.tokens.device
-        self.buffer = KVBuffer(num_rows, canvas.width) if policy.uses_buffer else None
+        self.buffer = KVBuffer(num_rows, canvas.width) if cache.uses_buffer else None
         # Buffer row of each batch row (-1 once the row has left).
         self.slot = torch.arange(num_rows, device=device)
         self.nfe = torch.zeros(num_rows, dtype=torch.long, device=device)
@@ -39,7 +39,7 @@ class Runner:
     def block_hidden(self, rows: Tensor, lo: Tensor, block: int, rnd: int) -> Tensor:
         """Hidden states [len(rows), block, H] at each row's block columns ``lo + arange(block)``."""
         out: Tensor | None = None
-        for index, window in self.policy.plan(rows, lo, block, rnd):
+        for index, window in self.cache.plan(rows, lo, block, rnd):
             hidden = self._forward(rows[index], window)
             cols = (lo[index] - window.start)[:, None] + torch.arange(block, device=lo.device)
             picked = hidden.gather(1, cols[:, :, None].expand(-1, -1, hidden.shape[-1]))
@@ -48,7 +48,7 @@ class Runner:
             out[index] = picked
             self.nfe[rows[index]] += 1
             self.nfe_cache[rows[index]] += window.writes_cache.long()
-        self.policy.advance(rows, lo, rnd)
+        self.cache.advance(rows, lo, rnd)
         assert out is not None, "block_hidden needs at least one row"
         return out
 

@@ -1,22 +1,47 @@
-"""What a rollout returns: completions plus the record of how each token was decided."""
+"""What a rollout returns: completions plus the record of how each token was decided.
+
+:class:`Rollout` declares its per-sample fields once, in the dataclass field metadata, and every
+row operation (``select``, ``concat``, ``replace_rows``, ``gather``) reads that declaration, so a
+new per-sample field is carried everywhere by adding it in one place.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from diffrl.rollout import metrics
+from diffrl.trainer.distributed import all_gather_rows, all_gather_varying, current_rank
+
+# Kinds of per-sample fields (``field(metadata={"rows": kind})``):
+#   prompt    left-padded prompt columns (concatenation pads them to one width)
+#   identity  what names the sample's slot (kept when IGPO's repair replaces the row's completion)
+#   record    the completion and how it was generated (replaced by ``replace_rows``)
+PROMPT, IDENTITY, RECORD = "prompt", "identity", "record"
+
+
+def _rows(kind: str, **kwargs: Any) -> Any:
+    return field(metadata={"rows": kind}, **kwargs)
+
+
+def first_stop(completion_ids: Tensor, stop_ids: Tensor) -> Tensor:
+    """Position of each row's first stop token [B]; the completion length where there is none."""
+    is_stop = torch.isin(completion_ids, stop_ids)
+    none = torch.full_like(completion_ids[:, 0], completion_ids.shape[1], dtype=torch.long)
+    return torch.where(is_stop.any(1), is_stop.float().argmax(1), none)
 
 
 def completion_mask(completion_ids: Tensor, stop_token_ids: tuple[int, ...]) -> Tensor:
     """True up to and including each row's first stop token (every position when there is none)."""
-    stops = torch.tensor(stop_token_ids, device=completion_ids.device)
-    is_stop = torch.isin(completion_ids, stops)
-    length = completion_ids.shape[1]
-    first = torch.where(is_stop.any(1), is_stop.float().argmax(1), torch.full_like(is_stop[:, 0], length, dtype=torch.long))
-    return torch.arange(length, device=completion_ids.device)[None, :] <= first[:, None]
+    first = first_stop(completion_ids, torch.tensor(stop_token_ids, device=completion_ids.device))
+    return torch.arange(completion_ids.shape[1], device=completion_ids.device)[None, :] <= first[:, None]
+
+
+def _row_index(index: Tensor | slice, num_rows: int, device: torch.device) -> Tensor:
+    return torch.arange(num_rows, device=device)[index] if isinstance(index, slice) else index.to(device)
 
 
 @dataclass
@@ -31,6 +56,9 @@ class EditLog:
     new_token: Tensor
     confidence: Tensor
 
+    def __len__(self) -> int:
+        return int(self.row.numel())
+
     @classmethod
     def empty(cls, device: torch.device) -> "EditLog":
         long = torch.zeros(0, dtype=torch.long, device=device)
@@ -43,6 +71,14 @@ class EditLog:
         parts = {f.name: torch.cat([getattr(log, f.name) for log in logs]) for f in fields(cls) if f.name != "row"}
         rows = torch.cat([log.row + off for log, off in zip(logs, offsets)])
         return cls(row=rows, **parts)
+
+    def remap(self, rows: Tensor, num_rows: int) -> "EditLog":
+        """The entries of batch rows ``rows``, renumbered to their places in ``rows``."""
+        new_row = torch.full((num_rows,), -1, dtype=torch.long, device=self.row.device)
+        new_row[rows.to(self.row.device)] = torch.arange(rows.numel(), device=self.row.device)
+        keep = new_row[self.row] >= 0
+        kept = {f.name: getattr(self, f.name)[keep] for f in fields(self)}
+        return replace(self, **{**kept, "row": new_row[kept["row"]]})
 
 
 @dataclass
@@ -57,18 +93,19 @@ class Rollout:
     cached K/V (refreshes, block stores; each also decoded, so they are part of ``nfe``).
     """
 
-    prompt_ids: Tensor
-    prompt_mask: Tensor
-    completion_ids: Tensor
-    step_map: Tensor
-    confidence: Tensor
-    logprob: Tensor
-    fixed_mask: Tensor
-    nfe: Tensor
-    sample_ids: Tensor
-    stop_token_ids: tuple[int, ...]
-    nfe_cache: Tensor | None = None
-    edits: EditLog | None = None
+    prompt_ids: Tensor = _rows(PROMPT)
+    prompt_mask: Tensor = _rows(PROMPT)
+    completion_ids: Tensor = _rows(RECORD)
+    step_map: Tensor = _rows(RECORD)
+    confidence: Tensor = _rows(RECORD)
+    logprob: Tensor = _rows(RECORD)
+    fixed_mask: Tensor = _rows(RECORD)
+    nfe: Tensor = _rows(RECORD)
+    sample_ids: Tensor = _rows(IDENTITY)
+    stop_token_ids: tuple[int, ...] = ()
+    nfe_cache: Tensor = _rows(RECORD, default=None)
+    # Row-indexed, not one entry per row: every row operation renumbers it.
+    edits: EditLog = None  # type: ignore[assignment]
     completion_mask: Tensor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -78,11 +115,19 @@ class Rollout:
         if self.edits is None:
             self.edits = EditLog.empty(self.completion_ids.device)
 
+    @classmethod
+    def per_sample_fields(cls, *kinds: str) -> tuple[str, ...]:
+        """Names of the per-sample fields of the given kinds (all kinds when none is given)."""
+        return tuple(f.name for f in fields(cls) if f.metadata.get("rows") in (kinds or (PROMPT, IDENTITY, RECORD)))
+
+    def __len__(self) -> int:
+        return int(self.completion_ids.shape[0])
+
     @property
     def truncated(self) -> Tensor:
         """Samples whose completion contains no stop token."""
         stops = torch.tensor(self.stop_token_ids, device=self.completion_ids.device)
-        return ~torch.isin(self.completion_ids, stops).any(1)
+        return first_stop(self.completion_ids, stops) == self.completion_ids.shape[1]
 
     @property
     def lengths(self) -> Tensor:
@@ -93,15 +138,24 @@ class Rollout:
         """TPF per sample: decoded completion tokens over the forwards the sample took part in."""
         return metrics.tokens_per_forward(self.step_map, self.completion_mask, self.nfe)
 
+    def decode(self, tokenizer: Any) -> list[str]:
+        """Completion text up to and including the first stop token, special tokens dropped."""
+        ids = [row[mask].tolist() for row, mask in zip(self.completion_ids.cpu(), self.completion_mask.cpu())]
+        return tokenizer.batch_decode(ids, skip_special_tokens=True)
+
     def metrics(self) -> dict[str, float]:
-        assert self.nfe_cache is not None and self.edits is not None
-        return metrics.rollout_metrics(
-            self.step_map, self.completion_mask, self.nfe, self.nfe_cache, self.truncated, num_edits=int(self.edits.row.numel())
-        )
+        return metrics.rollout_metrics(self.step_map, self.completion_mask, self.nfe, self.nfe_cache, self.truncated, num_edits=len(self.edits))
+
+    def select(self, index: Tensor | slice) -> "Rollout":
+        """Rows ``index`` (in that order), with their edits."""
+        rows = _row_index(index, len(self), self.completion_ids.device)
+        return replace(self, **{name: getattr(self, name)[rows] for name in self.per_sample_fields()}, edits=self.edits.remap(rows, len(self)))
 
     @classmethod
     def concat(cls, parts: list["Rollout"]) -> "Rollout":
         """One rollout from several generated for the same recipe (prompts left-padded to one width)."""
+        if len(parts) == 1:
+            return parts[0]
         width = max(p.prompt_ids.shape[1] for p in parts)
 
         def left_pad(t: Tensor, value: int | bool) -> Tensor:
@@ -109,12 +163,39 @@ class Rollout:
 
         offsets = [0]
         for p in parts[:-1]:
-            offsets.append(offsets[-1] + p.completion_ids.shape[0])
-        names = ("completion_ids", "step_map", "confidence", "logprob", "fixed_mask", "nfe", "sample_ids", "nfe_cache")
+            offsets.append(offsets[-1] + len(p))
+        names = cls.per_sample_fields(IDENTITY, RECORD)
         return cls(
             prompt_ids=torch.cat([left_pad(p.prompt_ids, int(p.prompt_ids[0, 0])) for p in parts]),
             prompt_mask=torch.cat([left_pad(p.prompt_mask, False) for p in parts]),
             stop_token_ids=parts[0].stop_token_ids,
-            edits=EditLog.cat([p.edits for p in parts if p.edits is not None], offsets),
+            edits=EditLog.cat([p.edits for p in parts], offsets),
             **{k: torch.cat([getattr(p, k) for p in parts]) for k in names},
         )
+
+    def replace_rows(self, dest: Tensor, new: "Rollout", source: Tensor) -> "Rollout":
+        """This rollout with the completions of rows ``dest`` (and how they were generated, edits
+        included) taken from ``new``'s rows ``source``; each row keeps its prompt and sample id,
+        which keys its estimator masks (IGPO's group repair)."""
+        patched = {}
+        for name in self.per_sample_fields(RECORD):
+            values = getattr(self, name).clone()
+            values[dest] = getattr(new, name)[source]
+            patched[name] = values
+        untouched = torch.ones(len(self), dtype=torch.bool, device=dest.device)
+        untouched[dest] = False
+        kept = self.edits.remap(untouched.nonzero().squeeze(1), len(self))
+        kept.row = untouched.nonzero().squeeze(1).to(kept.row.device)[kept.row]
+        moved = new.edits.remap(source, len(new))
+        moved.row = dest.to(moved.row.device)[moved.row]
+        return replace(self, **patched, edits=EditLog.cat([kept, moved]))
+
+    def gather(self, device: torch.device) -> "Rollout":
+        """Every rank's completions, their records and edits in rank order, for global metrics
+        (prompts left out: each rank pads them to its own width). Collective: every rank calls it."""
+        gathered = {k: all_gather_rows(getattr(self, k), device) for k in self.per_sample_fields(IDENTITY, RECORD)}
+        none = gathered["completion_ids"][:, :0]
+        # Each rank numbers its rows from 0 and every rank holds ``len(self)`` rows.
+        local = replace(self.edits, row=self.edits.row + current_rank() * len(self))
+        edits = EditLog(*(all_gather_varying(getattr(local, f.name).to(device), device) for f in fields(EditLog)))
+        return Rollout(prompt_ids=none, prompt_mask=none.bool(), stop_token_ids=self.stop_token_ids, edits=edits, **gathered)

@@ -1,19 +1,29 @@
-"""Preparing a run's inputs: the task's rows and the model folder (fresh or published)."""
+"""Building a run: the task's rows, the model folder (fresh or published), the policy under its
+strategy, the KL reference, the algorithm, data loader, prompt encoder and rewards (:func:`setup`)."""
 
 from __future__ import annotations
 
+import copy
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffrl.data import DataError, PromptEncoder, load_rows
+import torch
+
+from diffrl.algorithms import Algorithm, build_algorithm
+from diffrl.data import DataError, PromptEncoder, PromptLoader, load_rows
 from diffrl.data.synthetic import synthetic_task
-from diffrl.models import random_model, save_pretrained
-from diffrl.models.tokenizer import load_tokenizer  # noqa: F401  (re-exported for the loop)
-from diffrl.rewards import RewardSpec, check_row, required_fields
-from diffrl.trainer.config import ModelConfig, TaskConfig
+from diffrl.kernels import set_backend
+from diffrl.models import load_pretrained, random_model, save_pretrained
+from diffrl.models.base import DiffusionLM
+from diffrl.models.tokenizer import load_tokenizer
+from diffrl.rewards import RewardRunner, RewardSpec, check_row, required_fields
+from diffrl.trainer.config import Config, ModelConfig, TaskConfig
 from diffrl.trainer.distributed import World, barrier
+from diffrl.trainer.lora import apply_lora, lora_targets
+from diffrl.trainer.policy import AdapterOff, FrozenCopy, Policy, Reference
+from diffrl.trainer.strategy import build_strategy
 
 
 @dataclass
@@ -22,6 +32,81 @@ class TaskData:
     val_rows: list[dict[str, Any]]
     # A tokenizer the task brings (synthetic tasks); None means use the model folder's.
     tokenizer: Any | None = None
+
+
+@dataclass
+class Run:
+    """Everything the loop touches, built once by :func:`setup`."""
+
+    cfg: Config
+    world: World
+    run_dir: Path
+    model_dir: Path
+    policy: Policy
+    # What the KL term scores against (None when beta = 0 or in SFT mode).
+    reference: Reference | None
+    tokenizer: Any
+    algorithm: Algorithm
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    loader: PromptLoader
+    encoder: PromptEncoder
+    rewards: RewardRunner
+    task: TaskData
+    # A few of the latest step's samples as text (RL), for the W&B samples table.
+    last_samples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def model(self) -> DiffusionLM:
+        return self.policy.model
+
+    def close(self) -> None:
+        """Release the policy's and the reference's backends."""
+        self.policy.close()
+        if self.reference is not None:
+            self.reference.close()
+
+
+def setup(cfg: Config, world: World) -> Run:
+    """Seed, load the task and the model, and wrap the model in the configured strategy."""
+    run_dir = Path(cfg.trainer.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.trainer.seed + world.rank)
+    set_backend(cfg.trainer.kernels)
+    task = prepare_task(cfg.task, run_dir, world)
+    model_dir = prepare_model_folder(cfg.model, task, run_dir, world)
+    tokenizer = load_tokenizer(model_dir)
+    model = load_pretrained(model_dir, dtype=cfg.model.dtype, device=world.device, overrides=cfg.model.overrides())
+    policy, reference, scheduler = build_policy(model, cfg, model_dir)
+    loader = PromptLoader(task.train_rows, cfg.trainer.batch_size, seed=cfg.trainer.seed, rank=world.rank, world_size=world.world_size)
+    encoder = prompt_encoder(tokenizer, cfg.task, model.facts.pad_token_id)
+    rewards = RewardRunner(cfg.task.rewards)
+    return Run(cfg, world, run_dir, model_dir, policy, reference, tokenizer, build_algorithm(cfg.algorithm), scheduler, loader, encoder, rewards, task)
+
+
+def build_policy(model: DiffusionLM, cfg: Config, model_dir: Path) -> tuple[Policy, Reference | None, torch.optim.lr_scheduler.LambdaLR]:
+    """The policy (LoRA adapters on ``model`` if enabled) under ``cfg.trainer.strategy`` with its
+    optimizer and schedule, and the KL reference when the loss needs one."""
+    needs_reference = cfg.trainer.mode == "rl" and cfg.algorithm.beta > 0
+    peft = frozen = None
+    if cfg.trainer.lora.enabled:
+        # Every rank must draw the same initial adapters (they are sharded or replicated from
+        # each rank's own copy), so the draw ignores the per-rank seed.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.trainer.seed)
+            peft = apply_lora(model, cfg.trainer.lora, lora_targets(model, cfg.model.lora_target_modules), model_dir)
+    elif needs_reference:
+        # Full fine-tuning keeps a frozen copy of the initial policy as the KL reference.
+        frozen = copy.deepcopy(model).requires_grad_(False)
+    strategy, scheduler = build_strategy(model, cfg, optim=cfg.optim, total_steps=cfg.trainer.total_steps)
+    assert scheduler is not None
+    mbs = cfg.trainer.micro_batch_size
+    policy = Policy(strategy, micro_batch_size=mbs, peft=peft)
+    reference: Reference | None = None
+    if needs_reference and peft is not None:
+        reference = AdapterOff(policy)
+    elif frozen is not None:
+        reference = FrozenCopy(Policy(build_strategy(frozen, cfg, optim=None)[0], micro_batch_size=mbs))
+    return policy, reference, scheduler
 
 
 def prepare_task(cfg: TaskConfig, run_dir: Path, world: World) -> TaskData:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from diffrl.algorithms.registry import AlgorithmConfig, algorithm_entry
+from diffrl.errors import DiffrlConfigError
 from diffrl.kernels.dispatch import BACKENDS
 from diffrl.models.config import FactOverrides
 from diffrl.rewards.registry import RewardSpec
@@ -66,6 +70,12 @@ class TaskConfig:
     prompt_prefix: str = ""
     # Prompts longer than this keep their last tokens.
     max_prompt_length: int = 256
+    # What to do with rows that fail validation: error (stop, listing them) or skip (drop them
+    # and log how many).
+    on_bad_rows: str = "error"
+    # Drop training prompts longer than max_prompt_length tokens after the chat template (verl's
+    # data.filter_overlong_prompts) instead of keeping their last tokens.
+    filter_overlong_prompts: bool = False
     # Rewards and their weights: [{name, weight, kwargs}].
     rewards: list[RewardSpec] = field(default_factory=list)
     # Dotted field holding a reference response, for supervised warm starts.
@@ -168,6 +178,8 @@ class TrainerConfig:
     kernels: str = "auto"
     # Checkpoint every N steps (0 = only at the end).
     save_every: int = 0
+    # Keep only the newest N complete checkpoints (0 = keep every one).
+    keep_last_n: int = 0
     # auto (latest complete checkpoint in output_dir), never, or a checkpoint path.
     resume: str = "auto"
     # Print a progress bar with reward, step time and ETA.
@@ -179,7 +191,7 @@ class TrainerConfig:
     # Write a PNG of the reward curve into the run folder at the end.
     plot: bool = True
     # Validate every N steps on the first val_size rows of task.val_files, logged as
-    # val/<task>/acc, val/<task>/tpf, ... (0 = never; see diffrl/eval/validate.py).
+    # val/<task>/acc, val/<task>/tpf, ... (0 = never; see diffrl/trainer/validate.py).
     val_every: int = 0
     val_size: int = 64
     wandb: WandbConfig = field(default_factory=WandbConfig)
@@ -205,16 +217,37 @@ def to_config(cfg: DictConfig | dict[str, Any]) -> Config:
     container = OmegaConf.to_container(OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg, resolve=True)
     raw = {k: container[k] for k in ("model", "task", "algorithm", "rollout", "optim", "trainer") if k in container}  # type: ignore[index]
     algo_raw = raw.get("algorithm") or {}
-    algo_cls, _ = algorithm_entry(algo_raw.get("name", AlgorithmConfig.name))
-    algorithm = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(algo_cls), algo_raw))
-    rest = OmegaConf.merge(OmegaConf.structured(Config), {k: v for k, v in raw.items() if k != "algorithm"})
-    config: Config = OmegaConf.to_object(rest)  # type: ignore[assignment]
+    name = algo_raw.get("name", AlgorithmConfig.name)
+    algo_cls, _ = algorithm_entry(name)
+    algorithm = typed(algo_cls, algo_raw, prefix="algorithm.", owner=f"algorithm={name}")
+    config: Config = typed(Config, {k: v for k, v in raw.items() if k != "algorithm"})
     config.algorithm = algorithm
     check_trainer(config.trainer)
+    check_task(config.task)
     return config
 
 
+def typed(schema: type, raw: dict[str, Any], *, prefix: str = "", owner: str | None = None) -> Any:
+    """``raw`` merged into the dataclass ``schema``; an unknown key or a value of the wrong type
+    raises :class:`DiffrlConfigError` naming the dotted key (``prefix`` + its path) and the fix."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), raw))
+    except OmegaConfBaseException as err:
+        key = f"{prefix}{err.full_key}"
+        if not isinstance(err, ConfigKeyError):
+            raise DiffrlConfigError(f"{key}: {err.msg}; give it a value of the type the schema declares") from None
+        known = [f.name for f in fields(err.object_type)] if is_dataclass(err.object_type) else []
+        close = difflib.get_close_matches(str(err.key), known, n=1)
+        parent = key.rpartition(".")[0]
+        fix = f"did you mean {parent + '.' if parent else ''}{close[0]}?" if close else f"known settings: {', '.join(known)}"
+        where = owner or (err.object_type.__name__ if err.object_type else "the config")
+        raise DiffrlConfigError(f"{key} is not a setting of {where}; remove it or fix its name ({fix})") from None
+
+
 MODES = ("rl", "sft")
+BAD_ROWS = ("error", "skip")
+# Strategies that shard over a process group, which only a launcher (torchrun) sets up.
+SHARDED = ("fsdp2", "deepspeed")
 STRATEGIES = ("single", "fsdp2", "deepspeed")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -222,20 +255,37 @@ DTYPES = ("float32", "bfloat16", "float16")
 def check_trainer(cfg: TrainerConfig) -> None:
     """Reject trainer settings that cannot run, naming the field and the fix."""
     if cfg.mode not in MODES:
-        raise ValueError(f"trainer.mode={cfg.mode!r} is not one of {', '.join(MODES)}")
+        raise DiffrlConfigError(f"trainer.mode={cfg.mode!r} is not one of {', '.join(MODES)}")
     if cfg.strategy not in STRATEGIES:
-        raise ValueError(f"trainer.strategy={cfg.strategy!r} is not one of {', '.join(STRATEGIES)}")
+        raise DiffrlConfigError(f"trainer.strategy={cfg.strategy!r} is not one of {', '.join(STRATEGIES)}")
     if cfg.kernels not in BACKENDS:
-        raise ValueError(f"trainer.kernels={cfg.kernels!r} is not one of {', '.join(BACKENDS)}")
+        raise DiffrlConfigError(f"trainer.kernels={cfg.kernels!r} is not one of {', '.join(BACKENDS)}")
     for name in ("param_dtype", "reduce_dtype"):
         value = getattr(cfg.fsdp, name)
         if value is not None and value not in DTYPES:
-            raise ValueError(f"trainer.fsdp.{name}={value!r} is not one of {', '.join(DTYPES)} or null")
+            raise DiffrlConfigError(f"trainer.fsdp.{name}={value!r} is not one of {', '.join(DTYPES)} or null")
     if cfg.deepspeed.stage not in (2, 3):
-        raise ValueError(f"trainer.deepspeed.stage={cfg.deepspeed.stage} is not supported; use 2 or 3")
+        raise DiffrlConfigError(f"trainer.deepspeed.stage={cfg.deepspeed.stage} is not supported; use 2 or 3")
     if cfg.val_every < 0:
-        raise ValueError(f"trainer.val_every={cfg.val_every} must be >= 0 (0 = no validation)")
+        raise DiffrlConfigError(f"trainer.val_every={cfg.val_every} must be >= 0 (0 = no validation)")
     if cfg.val_every and cfg.val_size < 1:
-        raise ValueError(f"trainer.val_size={cfg.val_size} must be >= 1 when trainer.val_every is set; use val_every=0 to turn validation off")
+        raise DiffrlConfigError(f"trainer.val_size={cfg.val_size} must be >= 1 when trainer.val_every is set; use val_every=0 to turn validation off")
     if cfg.lora.enabled and cfg.lora.r <= 0:
-        raise ValueError(f"trainer.lora.r={cfg.lora.r} must be positive")
+        raise DiffrlConfigError(f"trainer.lora.r={cfg.lora.r} must be positive")
+    if cfg.keep_last_n < 0:
+        raise DiffrlConfigError(f"trainer.keep_last_n={cfg.keep_last_n} must be >= 0 (0 keeps every checkpoint)")
+
+
+def check_task(cfg: TaskConfig) -> None:
+    """Reject task settings that cannot run, naming the field and the fix."""
+    if cfg.on_bad_rows not in BAD_ROWS:
+        raise DiffrlConfigError(f"task.on_bad_rows={cfg.on_bad_rows!r} is not one of {', '.join(BAD_ROWS)}")
+
+
+def check_launch(cfg: TrainerConfig) -> None:
+    """A sharded strategy needs the process group a launcher sets up; say how to launch it."""
+    if cfg.strategy in SHARDED and "RANK" not in os.environ:
+        raise DiffrlConfigError(
+            f"trainer.strategy={cfg.strategy} shards over several processes and needs a launcher: "
+            f"run `torchrun --nproc_per_node <N> -m diffrl.train ...`, or use trainer=single for one process"
+        )

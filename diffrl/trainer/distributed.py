@@ -68,6 +68,24 @@ def all_gather_rows(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return out.bool() if t.dtype == torch.bool else out
 
 
+def all_gather_varying(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Every rank's ``t`` concatenated along dim 0, rank order, when ranks hold different numbers
+    of rows (padded to the longest for the collective, then trimmed)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return t
+    counts = all_gather_rows(torch.tensor([t.shape[0]], device=device), device).tolist()
+    if max(counts) == 0:
+        return t.to(device)
+    padded = torch.cat((t.to(device), t.new_zeros((max(counts) - t.shape[0], *t.shape[1:])).to(device)))
+    parts = all_gather_rows(padded, device).split(max(counts))
+    return torch.cat([part[:n] for part, n in zip(parts, counts)])
+
+
+def current_rank() -> int:
+    """This process's rank (0 outside torchrun)."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
 def sync_gradients(model: nn.Module) -> None:
     """Sum gradients over ranks (losses are already normalised by global counts)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:

@@ -1,12 +1,15 @@
 """Supervised steps: masked-diffusion cross-entropy on the task's reference responses.
 
-``trainer.mode=sft`` trains on them for a whole run and ``trainer.warm_start`` runs a few of them
-before RL; both build batches with :func:`sft_batch` and update with :func:`sft_step`.
+``trainer.mode=sft`` trains on them for a whole run (:func:`sft_train_step`) and
+``trainer.warm_start`` runs a few of them before RL (:func:`warm_start`); both build batches with
+:func:`sft_batch` and update with :func:`sft_step`.
 """
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,10 +17,13 @@ from torch import Tensor
 
 from diffrl.algorithms import PolicyBatch
 from diffrl.algorithms.sft import masked_diffusion_loss
-from diffrl.data import DataError, PromptEncoder
+from diffrl.data import DataError, PromptEncoder, PromptLoader
 from diffrl.models.base import DiffusionLM
-from diffrl.trainer.distributed import all_reduce_sums
-from diffrl.trainer.strategy import Strategy
+from diffrl.rng import SEED_SUPERVISED, counter_hash
+from diffrl.trainer.build import Run
+from diffrl.trainer.distributed import all_reduce_sum, all_reduce_sums
+from diffrl.trainer.optim import lr_multiplier
+from diffrl.trainer.policy import Policy
 
 
 def response_text(row: dict[str, Any], field: str) -> str:
@@ -64,12 +70,18 @@ def sft_batch(
     )
 
 
-def _share_of_loss(model: DiffusionLM, batch: PolicyBatch, seed: int, share: float) -> tuple[Tensor, dict[str, Tensor]]:
-    loss, terms = masked_diffusion_loss(model, batch, seed)
-    return loss * share, {k: v * share for k, v in terms.items()}
+@dataclass
+class SupervisedObjective:
+    """The masked-diffusion loss of a micro-batch weighted by its ``share`` of the global batch."""
+
+    share: float
+
+    def __call__(self, model: DiffusionLM, batch: PolicyBatch, seed: int) -> tuple[Tensor, dict[str, Tensor]]:
+        loss, terms = masked_diffusion_loss(model, batch, seed)
+        return loss * self.share, {k: v * self.share for k, v in terms.items()}
 
 
-def sft_step(strategy: Strategy, batch: PolicyBatch, seed: int, *, micro_batch_size: int, global_size: int) -> dict[str, float]:
+def sft_step(policy: Policy, batch: PolicyBatch, seed: int, *, micro_batch_size: int, global_size: int) -> dict[str, float]:
     """One optimizer update on this rank's ``batch`` of a global batch of ``global_size`` examples.
 
     Each micro-batch's mean loss is weighted by its share of the global batch, so the gradients
@@ -77,10 +89,65 @@ def sft_step(strategy: Strategy, batch: PolicyBatch, seed: int, *, micro_batch_s
     """
     sums: dict[str, float] = defaultdict(float)
     for micro in batch.split(micro_batch_size):
-        loss, terms = strategy(_share_of_loss, micro, seed, len(micro) / global_size)
-        strategy.backward(loss)
-        for name, value in terms.items():
-            sums[name] += value.item()
+        for name, value in policy.loss_and_backward(SupervisedObjective(len(micro) / global_size), micro, seed).items():
+            sums[name] += value
     metrics = all_reduce_sums(dict(sums), batch.prompt_ids.device)
-    metrics["actor/grad_norm"] = strategy.step()
+    metrics["actor/grad_norm"] = policy.step()
     return metrics
+
+
+def supervised_batch(run: Run, rows: list[dict[str, Any]], step: int) -> PolicyBatch:
+    """This rank's rows with their reference responses, completion length as the rollout's."""
+    world = run.world
+    return sft_batch(
+        rows, run.encoder, run.tokenizer, field=run.cfg.task.sft_response_field, length=run.cfg.rollout.max_completion_length,
+        eos_token_id=run.model.facts.eos_token_id, first_sample_id=(step * world.world_size + world.rank) * len(rows), device=world.device,
+    )
+
+
+def sft_train_step(run: Run, step: int) -> dict[str, float]:
+    """``trainer.mode=sft``: one supervised update on the task's reference responses."""
+    cfg, world = run.cfg, run.world
+    start = time.perf_counter()
+    batch = supervised_batch(run, run.loader.next_batch(), step)
+    seed = int(counter_hash(cfg.trainer.seed, step, SEED_SUPERVISED))
+    metrics = sft_step(run.policy, batch, seed, micro_batch_size=cfg.trainer.micro_batch_size, global_size=cfg.trainer.batch_size)
+    metrics["actor/lr"] = run.scheduler.get_last_lr()[0]
+    run.scheduler.step()
+    metrics["timing_s/step"] = time.perf_counter() - start
+    tokens = all_reduce_sum(batch.completion_mask.sum(), world.device).item()
+    metrics["perf/throughput"] = tokens / metrics["timing_s/step"]
+    return metrics
+
+
+def warm_start(run: Run) -> dict[str, float]:
+    """Supervised masked-diffusion steps on the task's reference responses before RL.
+
+    They run through the RL strategy and optimizer (a DeepSpeed engine owns its optimizer) on
+    their own learning rate, warmup then cosine decay; afterwards the optimizer state is cleared
+    and the RL rates restored, so RL starts exactly as with a fresh optimizer. The KL reference is
+    then anchored to the warm-started policy (a LoRA run's stays the base).
+    """
+    cfg, world = run.cfg, run.world
+    ws = cfg.trainer.warm_start
+    optimizer = run.policy.optimizer
+    assert optimizer is not None
+    rl_rates = [group["lr"] for group in optimizer.param_groups]
+    loader = PromptLoader(run.task.train_rows, ws.batch_size, seed=cfg.trainer.seed + 1, rank=world.rank, world_size=world.world_size)
+    losses = []
+    run.policy.train(True)
+    for step in range(ws.steps):
+        # Warmup then cosine decay: a constant high rate leaves tiny models at uneven quality.
+        lr = ws.lr * lr_multiplier(step, warmup_steps=max(1, ws.steps // 20), total_steps=ws.steps, schedule="cosine", min_lr_ratio=0.1)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = supervised_batch(run, loader.next_batch(), step)
+        seed = int(counter_hash(cfg.trainer.seed, step, SEED_SUPERVISED))
+        metrics = sft_step(run.policy, batch, seed, micro_batch_size=cfg.trainer.micro_batch_size, global_size=ws.batch_size)
+        losses.append(metrics["sft/loss"])
+    optimizer.state.clear()
+    for group, rate in zip(optimizer.param_groups, rl_rates):
+        group["lr"] = rate
+    if run.reference is not None:
+        run.reference.anchor_to(run.policy)
+    return {"warm_start/loss_first": losses[0], "warm_start/loss_last": sum(losses[-10:]) / len(losses[-10:])}

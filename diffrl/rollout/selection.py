@@ -1,4 +1,4 @@
-"""Which positions a denoising step commits: a score per masked position, then a selection rule.
+"""The selection rules of a denoising step: a score per masked position, then which ones commit.
 
 All rules work on block-local matrices [rows, block] of scores where ``-inf`` marks a position
 that is not a candidate (not masked, outside the completion), so one call serves a whole batch
@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 
 from diffrl.kernels import DecodeResult
-from diffrl.rollout.config import RolloutConfig
 
 # Scores read on the tempered, filtered sampling distribution (Dream's sample_tokens); the others on
 # the model's own distribution (LLaDA).
@@ -86,40 +85,3 @@ def factor_commit(scores: Tensor, factor: float) -> Tensor:
     first_fail = torch.where(fails.any(-1), fails.float().argmax(-1), m)
     count = torch.where(first_fail == m - 1, m, first_fail)
     return valid & (rank < count[:, None])
-
-
-class Strategy:
-    """The configured selection rule: which masked positions to commit, which decoded ones to edit."""
-
-    def __init__(self, cfg: RolloutConfig) -> None:
-        self.cfg = cfg
-
-    def commit(self, scores: Tensor, k: Tensor, uniforms: Tensor, margins: Tensor) -> Tensor:
-        """Masked positions [rows, block] to commit this step.
-
-        ``scores`` is -inf off the candidates, ``k`` the schedule's counts [rows], ``uniforms`` the
-        keyed draws per position (for ``alg_temp``) and ``margins`` the top-1 minus top-2
-        probability per position (for the early commit; NaN off the candidates).
-        """
-        cfg = self.cfg
-        if cfg.factor is not None:
-            chosen = factor_commit(scores, cfg.factor)
-        elif cfg.threshold is not None and cfg.threshold_rule == "fast_dllm":
-            chosen = threshold_commit(scores, cfg.threshold)
-        elif cfg.threshold is not None:
-            chosen = dynamic_commit(scores, k, cfg.threshold)
-        elif cfg.alg_temp:
-            chosen = sample_topk(scores, k, cfg.alg_temp, uniforms)
-        else:
-            chosen = commit_topk(scores, k)
-        if cfg.early_commit_margin is not None:
-            confident = margins.nanmean(-1) >= cfg.early_commit_margin
-            chosen = chosen | (confident[:, None] & torch.isfinite(scores))
-        return chosen
-
-    def edits(self, tokens: Tensor, probs: Tensor, current: Tensor, editable: Tensor) -> Tensor:
-        """LLaDA2.1: decoded positions [rows, block] whose new choice differs from the current token
-        and has probability > editing_threshold."""
-        if self.cfg.editing_threshold is None:
-            return torch.zeros_like(editable)
-        return editable & (tokens != current) & (probs > self.cfg.editing_threshold)
