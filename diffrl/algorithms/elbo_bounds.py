@@ -25,7 +25,7 @@ from diffrl.algorithms.estimators import MonteCarloELBO, TokenScores, completion
 from diffrl.models.base import DiffusionLM
 from diffrl.models.masks import positions_from_mask
 from diffrl.rng import STREAM_TIME, counter_uniform
-from diffrl.rollout.strategies import ranks
+from diffrl.rollout.selection import ranks
 
 NEGATIVE_BOUNDS = ("eubo", "mix", "elbo", "zero")
 

@@ -21,7 +21,6 @@ from torch import Tensor
 
 from diffrl.algorithms.advantages import Outcome, z_score
 from diffrl.algorithms.lightning_rl import accurate
-from diffrl.algorithms.losses import clipped_policy_loss
 from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, register_algorithm
 from diffrl.algorithms.replay import TraceReplay
 
@@ -70,6 +69,6 @@ def build(cfg: TraceRLConfig) -> Algorithm:
         estimator=TraceReplay(shrink=knobs.shrink, rows_per_forward=knobs.rows_per_forward),
         advantage=trace_advantages,
         # -min(rho A, clip(rho) A) / L + beta k3, rho = exp(clamp(l - l_old, +-10))
-        loss=partial(clipped_policy_loss, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta, log_ratio_clamp=knobs.log_ratio_clamp),
+        loss=cfg.clipped_loss(log_ratio_clamp=knobs.log_ratio_clamp),
         keep=partial(accuracy_band, knobs=knobs),
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from diffrl.rollout.strategies import ranks
+from diffrl.rollout.selection import ranks
 
 
 def block_progress(step: int, steps: int, ascending: bool) -> float:
