@@ -124,3 +124,17 @@ def test_cj_grpo_loss_is_the_mean_over_steps_of_step_token_means() -> None:
     assert torch.allclose(loss, want, atol=1e-12)
     g1, g2 = torch.autograd.grad(loss, logp)[0], torch.autograd.grad(want, logp)[0]
     assert torch.allclose(g1, g2, atol=1e-12)
+
+
+def test_replaying_algorithms_refuse_decoders_that_rewrite_committed_tokens() -> None:
+    from diffrl.algorithms import build_algorithm
+    from diffrl.algorithms.cj_grpo import CJGRPOConfig
+    from diffrl.algorithms.trace_rl import TraceRLConfig
+
+    for cfg in (TraceRLConfig(), CJGRPOConfig()):
+        hook = build_algorithm(cfg).rollout_config
+        assert hook is not None and hook(RolloutConfig()) == RolloutConfig()
+        with pytest.raises(ValueError, match="running_confidence"):
+            hook(RolloutConfig(running_confidence=True))
+        with pytest.raises(ValueError, match="editing_threshold"):
+            hook(RolloutConfig(editing_threshold=0.9))

@@ -20,7 +20,7 @@ from torch import Tensor
 from diffrl.algorithms.advantages import reward_advantages
 from diffrl.algorithms.losses import clipped_policy_loss
 from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, register_algorithm
-from diffrl.algorithms.replay import TraceReplay
+from diffrl.algorithms.replay import TraceReplay, replayable
 
 
 @dataclass
@@ -57,4 +57,5 @@ def build(cfg: CJGRPOConfig) -> Algorithm:
         advantage=reward_advantages("group_mean", cfg.scale_rewards),
         # (1/S) sum_s mean_{i in s} [ -min(rho A, clip(rho) A) + beta k3 ]
         loss=partial(step_mean_loss, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta),
+        rollout_config=replayable,
     )

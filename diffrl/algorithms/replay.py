@@ -19,6 +19,7 @@ from diffrl.algorithms.batch import PolicyBatch
 from diffrl.algorithms.estimators import TokenScores, score_disjoint_rows
 from diffrl.models.base import DiffusionLM
 from diffrl.models.masks import positions_from_mask
+from diffrl.rollout.config import RolloutConfig
 
 
 def decode_rounds(step_map: Tensor, shrink: int, block: Tensor | None = None) -> Tensor:
@@ -81,6 +82,16 @@ def round_shares(rounds: Tensor, targets: Tensor) -> Tensor:
         distinct, inverse, counts = torch.unique(r, return_inverse=True, return_counts=True)
         shares[b, targets[b]] = 1.0 / (distinct.numel() * counts[inverse].float())
     return shares
+
+
+def replayable(cfg: RolloutConfig) -> RolloutConfig:
+    """The rollout settings unchanged, if the step map records every token's canvas: decoders that
+    rewrite committed tokens (running-confidence remasking, LLaDA2.1 edits) do not leave it."""
+    if cfg.running_confidence:
+        raise ValueError("rollout.running_confidence masks committed tokens again, which the decode-trace replay cannot rebuild; set rollout.running_confidence=false")
+    if cfg.editing_threshold is not None:
+        raise ValueError("rollout.editing_threshold rewrites committed tokens, which the decode-trace replay cannot rebuild; set rollout.editing_threshold=null")
+    return cfg
 
 
 @dataclass

@@ -22,7 +22,7 @@ from torch import Tensor
 from diffrl.algorithms.advantages import Outcome, z_score
 from diffrl.algorithms.lightning_rl import accurate
 from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, register_algorithm
-from diffrl.algorithms.replay import TraceReplay
+from diffrl.algorithms.replay import TraceReplay, replayable
 
 
 @dataclass
@@ -71,4 +71,5 @@ def build(cfg: TraceRLConfig) -> Algorithm:
         # -min(rho A, clip(rho) A) / L + beta k3, rho = exp(clamp(l - l_old, +-10))
         loss=cfg.clipped_loss(log_ratio_clamp=knobs.log_ratio_clamp),
         keep=partial(accuracy_band, knobs=knobs),
+        rollout_config=replayable,
     )
