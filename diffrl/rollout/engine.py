@@ -26,6 +26,7 @@ from diffrl.rollout.canvas import BlockGrid, Canvas
 from diffrl.rollout.config import RolloutConfig
 from diffrl.rollout.runner import Runner
 from diffrl.rollout.trajectory import EditLog, Rollout, first_stop
+from diffrl.rollout.trajectory_rules import running_confidence_remask
 from diffrl.rollout.unmasking import Candidates, LearnedUnmaskingRule, make_rule
 from diffrl.rollout.unmasking_policy import FEATURES, UnmaskingPolicy, policy_from_path
 
@@ -140,7 +141,7 @@ class DenoisingLoop:
     ) -> None:
         self.model, self.canvas, self.grid, self.runner, self.cfg = model, canvas, grid, runner, cfg
         self.sample_ids = sample_ids
-        self.rule = make_rule(cfg, policy)
+        self.rule = make_rule(cfg, policy, eos_id=model.facts.eos_token_id)
         facts = model.facts
         self.mask_id, self.eos_id = facts.mask_token_id, facts.eos_token_id
         self.stop_ids = torch.tensor(facts.stop_token_ids, device=canvas.tokens.device)
@@ -182,7 +183,9 @@ class DenoisingLoop:
                     break
                 continue
             hidden = self.runner.block_hidden(rows, lo[rows], cols.shape[1], rnd)
-            committed, edited = self._decide(rows, hidden, tokens[rows], masked[rows], editable[rows], comp[rows], k[rows])
+            committed, edited = self._decide(rows, hidden, tokens[rows], masked[rows], editable[rows], comp[rows], k[rows], s)
+            if self.rule.running_confidence:
+                self._remask_least_confident(rows, comp[rows], (in_completion & ~fixed)[rows], masked[rows].sum(1) - k[rows])
             progress.record(rows, committed, edited)
             self.step[rows] += 1
             if self.cfg.stop_at_eos:
@@ -190,10 +193,10 @@ class DenoisingLoop:
             if not self.active.any():
                 break
 
-    def _decide(self, rows: Tensor, hidden: Tensor, tokens: Tensor, masked: Tensor, editable: Tensor, comp: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    def _decide(self, rows: Tensor, hidden: Tensor, tokens: Tensor, masked: Tensor, editable: Tensor, comp: Tensor, k: Tensor, block_step: int) -> tuple[Tensor, Tensor]:
         """Decode the rows' candidates, ask the rule, write its choice; returns (committed, edited) [n, block]."""
         step = self._decode(rows, hidden, tokens, masked, editable, comp)
-        committed, edited = self.rule.decide(step, k)
+        committed, edited = self.rule.decide(step, k, block_step)
         if self.decisions:
             assert isinstance(self.rule, LearnedUnmaskingRule) and self.rule.last is not None
             decision, slot = self.rule.last, self.step[rows]
@@ -252,6 +255,15 @@ class DenoisingLoop:
         self.step_map[rr, pos] = self.step[rr]
         self.confidence[rr, pos] = step.prob[wr, wc].float()
         self.logprob[rr, pos] = step.logprob[wr, wc]
+
+    def _remask_least_confident(self, rows: Tensor, comp: Tensor, writable: Tensor, keep_masked: Tensor) -> None:
+        """Running-confidence remasking: mask again the ``keep_masked`` [n] decoded, non-fixed
+        tokens of each row's block with the lowest confidence recorded when they were written."""
+        completion = self.canvas.completion
+        written = writable & (completion[rows[:, None], comp] != self.mask_id)
+        remask = running_confidence_remask(self.confidence[rows[:, None], comp], written, keep_masked.clamp_min(0))
+        rr, cc = remask.nonzero(as_tuple=True)
+        completion[rows[rr], comp[rr, cc]] = self.mask_id
 
     def _stop_finished(self) -> None:
         """Rows that committed their first stop token with no mask before it leave the batch; what
