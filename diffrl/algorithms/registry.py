@@ -95,6 +95,8 @@ class Algorithm:
 
 
 _REGISTRY: dict[str, tuple[type[AlgorithmConfig], Callable[[Any], Algorithm]]] = {}
+# Algorithms that do not update the dLLM (their steps run elsewhere): name -> (config, where).
+_OTHER_MODES: dict[str, tuple[type[AlgorithmConfig], str]] = {}
 
 
 def register_algorithm(name: str, config_class: type[AlgorithmConfig]) -> Callable:
@@ -107,12 +109,30 @@ def register_algorithm(name: str, config_class: type[AlgorithmConfig]) -> Callab
     return wrap
 
 
-def algorithm_entry(name: str) -> tuple[type[AlgorithmConfig], Callable[[Any], Algorithm]]:
-    """The config class and builder registered under ``name``."""
+def register_other_mode(name: str, config_class: type[AlgorithmConfig], runs_in: str) -> None:
+    """Register the config of an algorithm that trains something other than the dLLM (e.g. the
+    learned unmasking policy); ``runs_in`` names the module whose steps run it."""
+    _OTHER_MODES[name] = (config_class, runs_in)
+
+
+def algorithm_config_class(name: str) -> type[AlgorithmConfig]:
+    """The config class registered under ``name`` (a dLLM algorithm or another mode)."""
     import diffrl.algorithms  # noqa: F401  (registers the built-in algorithms)
 
+    if name in _OTHER_MODES:
+        return _OTHER_MODES[name][0]
+    return algorithm_entry(name)[0]
+
+
+def algorithm_entry(name: str) -> tuple[type[AlgorithmConfig], Callable[[Any], Algorithm]]:
+    """The config class and builder of the dLLM algorithm registered under ``name``."""
+    import diffrl.algorithms  # noqa: F401  (registers the built-in algorithms)
+
+    if name in _OTHER_MODES:
+        raise ValueError(f"algorithm.name={name!r} does not train the dLLM; its steps run in {_OTHER_MODES[name][1]}")
     if name not in _REGISTRY:
-        raise ValueError(f"algorithm.name={name!r} is not registered; known: {', '.join(sorted(_REGISTRY))}")
+        known = sorted([*_REGISTRY, *_OTHER_MODES])
+        raise ValueError(f"algorithm.name={name!r} is not registered; known: {', '.join(known)}")
     return _REGISTRY[name]
 
 
@@ -121,7 +141,7 @@ def build_algorithm(config: AlgorithmConfig) -> Algorithm:
 
 
 def registered_algorithms() -> list[str]:
-    """Every registered algorithm's name."""
+    """Every registered dLLM algorithm's name (the ones :func:`build_algorithm` builds)."""
     import diffrl.algorithms  # noqa: F401  (registers the built-in algorithms)
 
     return list(_REGISTRY)

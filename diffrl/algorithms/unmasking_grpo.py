@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from diffrl.algorithms.losses import clipped_policy_loss
-from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, register_algorithm
+from diffrl.algorithms.registry import AlgorithmConfig, register_other_mode
 from diffrl.rollout.unmasking_policy import FEATURES, UnmaskingPolicy, UnmaskingPolicyConfig, decision_logprob
 
 NAME = "unmasking_grpo"
@@ -55,12 +55,7 @@ class UnmaskingGRPOConfig(AlgorithmConfig):
             raise ValueError("algorithm.beta must be 0 for unmasking_grpo: the policy starts fresh, there is no reference to anchor to")
 
 
-@register_algorithm(NAME, UnmaskingGRPOConfig)
-def build(cfg: UnmaskingGRPOConfig) -> Algorithm:
-    raise ValueError(
-        "algorithm.name=unmasking_grpo trains the unmasking policy with the dLLM frozen; its steps run in "
-        "diffrl.trainer.unmasking_policy (python -m diffrl.train dispatches there), not in the dLLM's RL step"
-    )
+register_other_mode(NAME, UnmaskingGRPOConfig, runs_in="diffrl.trainer.unmasking_policy")
 
 
 def speed_reward(cfg: UnmaskingGRPOConfig, task: Tensor, nfe: Tensor) -> Tensor:

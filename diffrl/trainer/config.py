@@ -10,7 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from diffrl.algorithms.registry import AlgorithmConfig, algorithm_entry
+from diffrl.algorithms.registry import AlgorithmConfig, algorithm_config_class
 from diffrl.errors import DiffrlConfigError
 from diffrl.kernels.dispatch import BACKENDS
 from diffrl.models.config import FactOverrides
@@ -221,7 +221,7 @@ def to_config(cfg: DictConfig | dict[str, Any]) -> Config:
     raw = {k: container[k] for k in ("model", "task", "algorithm", "rollout", "optim", "trainer") if k in container}  # type: ignore[index]
     algo_raw = raw.get("algorithm") or {}
     name = algo_raw.get("name", AlgorithmConfig.name)
-    algo_cls, _ = algorithm_entry(name)
+    algo_cls = algorithm_config_class(name)
     algorithm = typed(algo_cls, algo_raw, prefix="algorithm.", owner=f"algorithm={name}")
     config: Config = typed(Config, {k: v for k, v in raw.items() if k != "algorithm"})
     config.algorithm = algorithm
