@@ -104,12 +104,14 @@ def logprob_case(args: argparse.Namespace, vocab: int, backward: bool, entropy: 
 
 
 def decode_case(args: argparse.Namespace, vocab: int, rows: int, temperature: float, top_k: int | None) -> Case:
+    """One decode step returning the statistics in ``--decode-needs``; naive computes the same."""
     hidden, weight, _ = lm_head_inputs(argparse.Namespace(**{**vars(args), "rows": rows}), vocab, False)
     keys = counter_hash(0, torch.arange(rows, device=args.device))
     mask_id = vocab - 1
+    needs = set(args.decode_needs)
 
     def ours() -> object:
-        return decode_step(hidden, weight, temperature=temperature, noise_keys=keys, top_k=top_k, suppress_ids=(mask_id,))
+        return decode_step(hidden, weight, temperature=temperature, noise_keys=keys, top_k=top_k, suppress_ids=(mask_id,), needs=needs)
 
     def naive() -> object:
         logits = (hidden @ weight.T).float()
@@ -121,11 +123,17 @@ def decode_case(args: argparse.Namespace, vocab: int, rows: int, temperature: fl
             token = torch.argmax(logits / temperature - torch.log(-torch.log(torch.rand_like(logits))), dim=-1)
         else:
             token = torch.argmax(logits, dim=-1)
-        top2 = probs.topk(2, dim=-1).values
-        entropy = -(probs * torch.log_softmax(logits, dim=-1).nan_to_num(neginf=0.0)).sum(-1)
-        return token, probs.gather(-1, token[:, None]), top2[:, 0] - top2[:, 1], entropy
+        out = [token, probs.gather(-1, token[:, None])]
+        if "margin" in needs:
+            top2 = probs.topk(2, dim=-1).values
+            out.append(top2[:, 0] - top2[:, 1])
+        if "entropy" in needs:
+            out.append(-(probs * torch.log_softmax(logits, dim=-1).nan_to_num(neginf=0.0)).sum(-1))
+        return out
 
     label = "argmax" if temperature == 0 else f"T={temperature}" + (f" top-k {top_k}" if top_k else "")
+    if needs != {"prob", "margin", "entropy"}:
+        label += f" ({'+'.join(sorted(needs)) or 'token'})"
     return Case(
         f"decode {rows} rows {label}",
         {"fused": backend_run("triton", ours), "fallback": backend_run("torch", ours), "naive": naive},
@@ -247,6 +255,10 @@ def main() -> None:
         help="rows per decode step (default: --rows, and 256, where reading the LM head dominates)",
     )
     parser.add_argument("--kernels", nargs="+", default=["logprob", "decode", "rmsnorm", "rope"])
+    parser.add_argument(
+        "--decode-needs", nargs="*", default=["prob", "margin", "entropy"], choices=["prob", "margin", "entropy"],
+        help="statistics the decode step returns (the unmasking rule's needs); naive computes the same",
+    )
     parser.add_argument("--repeat", type=int, default=None, help="timed runs per path (default 10 on GPU, 1 on CPU)")
     args = parser.parse_args()
     args.device = torch.device(args.device)

@@ -390,24 +390,41 @@ def decode_step_torch(
         token, z_tok = pick_in_group(best_z, best_group, noise_keys, t_samp)
     else:
         token, z_tok = i1, v1
-    lse_t = lse_of(tempered if temperature > 0 else model)
-    result = DecodeResult(token=token, logprob=z_tok / t_samp - lse_t)
-    if stats == "model" or same:
-        if needs:
-            lse = lse_of(model)
+    model_side = stats == "model" or same
+    scored = model if model_side else tempered
+    return score_unfiltered(
+        token, z_tok, t_samp=t_samp, lse_t=lse_of(tempered if temperature > 0 else model), model_side=model_side, needs=needs,
+        lse=lse_of(model) if model_side and needs else None, v1=v1, v2=v2, entropy=entropy_of(scored) if "entropy" in needs else None,
+    )
+
+
+def score_unfiltered(
+    token: Tensor,
+    z_tok: Tensor,
+    *,
+    t_samp: float,
+    lse_t: Tensor,
+    model_side: bool,
+    needs: frozenset[str],
+    lse: Tensor | None,
+    v1: Tensor,
+    v2: Tensor,
+    entropy: Tensor | None,
+) -> DecodeResult:
+    """The result of an unfiltered step from per-row sums: the token's logit ``z_tok``, the
+    logsumexp of the tempered (``lse_t``) and of the model (``lse``) logits, the top-2 logits and
+    the entropy of the scored distribution (the model's when ``model_side``, else the tempered one)."""
+    result = DecodeResult(token=token, logprob=z_tok / t_samp - lse_t, entropy=entropy)
+    if model_side:
         if "prob" in needs:
             result.prob = torch.exp(z_tok - lse)
         if "margin" in needs:
             result.margin = torch.exp(v1 - lse) - torch.exp(v2 - lse)
-        if "entropy" in needs:
-            result.entropy = entropy_of(model)
     else:
         if "prob" in needs:
             result.prob = torch.exp(result.logprob)
         if "margin" in needs:
             result.margin = torch.exp(v1 / t_samp - lse_t) - torch.exp(v2 / t_samp - lse_t)
-        if "entropy" in needs:
-            result.entropy = entropy_of(tempered)
     return result
 
 

@@ -33,6 +33,7 @@ from diffrl.kernels.decode import (
     group_logits,
     pick_in_group,
     rank_candidates,
+    score_unfiltered,
 )
 from diffrl.kernels.lmhead_triton import (
     check_lm_head,
@@ -279,22 +280,11 @@ def decode_step_triton(
             token, z_tok = pick_in_group(z_group, group, noise_keys.to(device), t_samp)
         else:
             token, z_tok = argmax_token, top2[0]
-        result = DecodeResult(token=token, logprob=z_tok / t_samp - lse_t)
-        if stats == "model":
-            if "prob" in needs:
-                result.prob = torch.exp(z_tok - lse)
-            if "margin" in needs:
-                result.margin = torch.exp(top2[0] - lse) - torch.exp(top2[1] - lse)
-            if "entropy" in needs:
-                result.entropy = ent
-        else:
-            if "prob" in needs:
-                result.prob = torch.exp(result.logprob)
-            if "margin" in needs:
-                result.margin = torch.exp(top2[0] / t_samp - lse_t) - torch.exp(top2[1] / t_samp - lse_t)
-            if "entropy" in needs:
-                result.entropy = ent_t
-        return result
+        model_side = stats == "model"
+        return score_unfiltered(
+            token, z_tok, t_samp=t_samp, lse_t=lse_t, model_side=model_side, needs=needs, lse=lse, v1=top2[0], v2=top2[1],
+            entropy=(ent if model_side else ent_t) if "entropy" in needs else None,
+        )
 
     values, index = ranked_candidates(cand_v, cand_i, n_cand)
     result, unsure = finish_from_candidates(
