@@ -25,7 +25,7 @@ from torch import Tensor
 from diffrl.algorithms.advantages import Outcome, reward_advantages
 from diffrl.algorithms.batch import PolicyBatch
 from diffrl.algorithms.estimators import OneStepMeanField, TokenScores
-from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, RolloutContext, register_algorithm
+from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, Needs, RolloutContext, register_algorithm
 from diffrl.rollout.selection import ranks
 from diffrl.rollout.trajectory import Rollout
 
@@ -149,4 +149,6 @@ def build(cfg: IGPOConfig) -> Algorithm:
         loss=cfg.clipped_loss(ratio_level="sequence" if knobs.use_gspo else "token"),
         repair=partial(inpaint_failed_groups, knobs=knobs),
         token_filter=partial(entropy_filter, ratio=knobs.entropy_clipping_ratio),
+        # Inpaints failed (all-wrong) groups with the row's reference answer.
+        needs=Needs(correctness=True, reference_answer=True),
     )

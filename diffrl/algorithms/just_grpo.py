@@ -18,7 +18,7 @@ from torch import Tensor
 
 from diffrl.algorithms.advantages import Outcome, reward_advantages
 from diffrl.algorithms.estimators import AutoregressiveLikelihood
-from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, register_algorithm
+from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, Needs, register_algorithm
 from diffrl.rollout.config import RolloutConfig
 
 
@@ -63,4 +63,5 @@ def build(cfg: JustGRPOConfig) -> Algorithm:
         loss=cfg.clipped_loss(),
         rollout_config=autoregressive_order,
         keep=groups_with_signal,
+        needs=Needs(left_to_right=True),
     )

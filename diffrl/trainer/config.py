@@ -10,12 +10,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from diffrl.algorithms.registry import AlgorithmConfig, algorithm_entry
+from diffrl.algorithms.registry import AlgorithmConfig, algorithm_entry, build_algorithm
 from diffrl.errors import DiffrlConfigError
 from diffrl.kernels.dispatch import BACKENDS
 from diffrl.models.config import FactOverrides
 from diffrl.rewards.registry import RewardSpec
 from diffrl.rollout.config import RolloutConfig
+from diffrl.trainer.guards import check_algorithm
 
 
 @dataclass
@@ -224,6 +225,8 @@ def to_config(cfg: DictConfig | dict[str, Any]) -> Config:
     config.algorithm = algorithm
     check_trainer(config.trainer)
     check_task(config.task)
+    if config.trainer.mode == "rl":
+        check_algorithm(config, build_algorithm(config.algorithm))
     return config
 
 
@@ -280,6 +283,8 @@ def check_task(cfg: TaskConfig) -> None:
     """Reject task settings that cannot run, naming the field and the fix."""
     if cfg.on_bad_rows not in BAD_ROWS:
         raise DiffrlConfigError(f"task.on_bad_rows={cfg.on_bad_rows!r} is not one of {', '.join(BAD_ROWS)}")
+    if cfg.max_prompt_length <= 0:
+        raise DiffrlConfigError(f"task.max_prompt_length={cfg.max_prompt_length} must be positive (prompts keep their last max_prompt_length tokens)")
 
 
 def check_launch(cfg: TrainerConfig) -> None:

@@ -35,6 +35,7 @@ from diffrl.trainer.checkpoint import latest_checkpoint
 from diffrl.trainer.config import Config
 from diffrl.trainer.distributed import all_reduce_sum, init_distributed
 from diffrl.trainer.export import checkpoint_meta, save_final
+from diffrl.trainer.global_batch import global_advantages
 from diffrl.trainer.logger import MetricLogger
 from diffrl.trainer.plots import plot_reward_curve
 from diffrl.trainer.sampling import generate_rollout, repair_samples, score_samples
@@ -65,9 +66,7 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
             samples, replaced, regenerations = repair_samples(run, samples, step)
     outcome = samples.outcome
     with timed(timings, "adv"):
-        if algo.keep is not None:
-            outcome.keep = algo.keep(outcome)
-        advantages = algo.advantage(outcome)
+        outcome.keep, advantages = global_advantages(algo, outcome, run.world)
 
     batch = PolicyBatch.from_rollout(samples.rollout)
     mu = algo.config.num_iterations
