@@ -92,6 +92,12 @@ def hint_tokens(trace: list[int], length: int, ratio: float, knobs: IGPOKnobs, g
     return out
 
 
+def group_key(rollout: Rollout, group: int, group_size: int) -> int:
+    """A group's draws are keyed by its first sample id (global), not its index on this rank, so a
+    group gets the same hints whichever rank holds it."""
+    return int(rollout.sample_ids[group * group_size])
+
+
 def inpaint_failed_groups(rollout: Rollout, outcome: Outcome, ctx: RolloutContext, knobs: IGPOKnobs) -> tuple[Rollout, Tensor]:
     """Regenerate every all-wrong group with hints; up to max_replacements correct inpainted
     samples overwrite the group's first slots. Returns the rollout and the replaced rows."""
@@ -103,7 +109,7 @@ def inpaint_failed_groups(rollout: Rollout, outcome: Outcome, ctx: RolloutContex
     length = rollout.completion_ids.shape[1]
     rows, hints = [], []
     for group in failed:
-        gen = torch.Generator().manual_seed(ctx.seed + group)
+        gen = torch.Generator().manual_seed(ctx.seed + group_key(rollout, group, g))
         trace = ctx.tokenize(ctx.reference_text(group * g))
         ratios = (knobs.inpaint_ratio_low + (knobs.inpaint_ratio_high - knobs.inpaint_ratio_low) * torch.rand(g, generator=gen)).sort().values
         hints += [hint_tokens(trace, length, float(r), knobs, gen) for r in ratios]
@@ -113,7 +119,7 @@ def inpaint_failed_groups(rollout: Rollout, outcome: Outcome, ctx: RolloutContex
     correct = ctx.correct(new, index).view(len(failed), g)
     source, dest = [], []
     for i, group in enumerate(failed):
-        gen = torch.Generator().manual_seed(ctx.seed + group)
+        gen = torch.Generator().manual_seed(ctx.seed + group_key(rollout, group, g))
         wins = correct[i].nonzero().squeeze(1)
         chosen = wins[torch.randperm(wins.numel(), generator=gen)[: knobs.max_replacements].to(wins.device)]
         source += (i * g + chosen).tolist()

@@ -144,5 +144,12 @@ def algorithm_entry(name: str) -> tuple[type[AlgorithmConfig], Callable[[Any], A
     return _REGISTRY[name]
 
 
+def registered_algorithms() -> list[str]:
+    """Every registered algorithm's name, sorted."""
+    import diffrl.algorithms  # noqa: F401  (registers the built-in algorithms)
+
+    return sorted(_REGISTRY)
+
+
 def build_algorithm(config: AlgorithmConfig) -> Algorithm:
     return algorithm_entry(config.name)[1](config)
