@@ -36,6 +36,8 @@ EXTRA = {
 def variants() -> dict[str, str]:
     out = {name: f"algorithm={name};{EXTRA.get(name, '')}" for name in registered_algorithms()}
     out.update({f"scale_{s}": f"algorithm=diffu_grpo;algorithm.scale_rewards={s}" for s in SCALE_REWARDS})
+    # Two epochs over two mini-batches of one prompt per rank each: four optimizer steps.
+    out["ppo_mini_batches"] = f"algorithm=lightning_rl;{EXTRA['lightning_rl']};trainer.ppo_mini_batch_size=2"
     return out
 
 

@@ -98,6 +98,9 @@ class OptimConfig:
     lr_schedule: str = "constant"
     # Final learning rate as a fraction of lr for cosine/linear.
     min_lr_ratio: float = 0.0
+    # Fresh AdamW state and schedule at every RL step, the schedule then counting the optimizer
+    # steps within the rollout (LightningRL relaunches its trainer, with warmup, every step).
+    reset_each_step: bool = False
 
 
 @dataclass
@@ -169,6 +172,12 @@ class TrainerConfig:
     batch_size: int = 8
     # Samples per forward/backward pass.
     micro_batch_size: int = 16
+    # Prompts (over all ranks) per optimizer step within a rollout (verl's name; null = the whole
+    # batch, one step per epoch). Global prompt p trains in mini-batch p mod (batch_size / this).
+    ppo_mini_batch_size: int | None = None
+    # Passes over the rollout, each over every mini-batch with old log-probs fixed (verl's name;
+    # null = algorithm.num_iterations, TRL's name for the same count).
+    ppo_epochs: int | None = None
     # Samples per generate call (null = all of a rank's samples at once).
     rollout_batch_size: int | None = None
     seed: int = 0

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from diffrl.algorithms.registry import Algorithm
 from diffrl.errors import DiffrlConfigError
+from diffrl.trainer.schedule import num_mini_batches
 
 if TYPE_CHECKING:
     from diffrl.trainer.config import Config
@@ -44,10 +45,35 @@ def check_algorithm(cfg: Config, algorithm: Algorithm) -> None:
         )
     if needs.left_to_right:
         check_left_to_right(cfg, algorithm)
+    check_schedule(cfg)
+    if a.sync_ref_model and a.beta == 0:
+        raise DiffrlConfigError("algorithm.sync_ref_model=true with algorithm.beta=0: there is no KL reference to sync; set beta > 0 or sync_ref_model=false")
+    if a.sync_ref_model and (a.ref_model_sync_steps < 1 or not 0 <= a.ref_model_mixup_alpha <= 1):
+        raise DiffrlConfigError(f"algorithm.ref_model_sync_steps={a.ref_model_sync_steps} must be >= 1 and algorithm.ref_model_mixup_alpha={a.ref_model_mixup_alpha} in [0, 1]")
     if a.sync_ref_model and cfg.trainer.lora.enabled:
         raise DiffrlConfigError(
             "algorithm.sync_ref_model=true with trainer.lora.enabled=true: a LoRA run's reference is the base model "
             "with the adapters off, which cannot be mixed towards the policy; use full fine-tuning or sync_ref_model=false"
+        )
+
+
+def check_schedule(cfg: Config) -> None:
+    """The update schedule's counts are one each, and the optimizer reset runs where it can."""
+    t, o = cfg.trainer, cfg.optim
+    if t.ppo_epochs is not None and cfg.algorithm.num_iterations != 1 and t.ppo_epochs != cfg.algorithm.num_iterations:
+        raise DiffrlConfigError(
+            f"trainer.ppo_epochs={t.ppo_epochs} and algorithm.num_iterations={cfg.algorithm.num_iterations} both count the passes "
+            "over a rollout; set only one of them"
+        )
+    num_mini_batches(t.batch_size, t.ppo_mini_batch_size, 1)
+    if (t.ppo_epochs is not None and t.ppo_epochs < 1) or cfg.algorithm.num_iterations < 1:
+        raise DiffrlConfigError("trainer.ppo_epochs and algorithm.num_iterations must be >= 1")
+    if o.reset_each_step and t.strategy == "deepspeed":
+        raise DiffrlConfigError("optim.reset_each_step=true is not supported under trainer.strategy=deepspeed (its engine owns the optimizer state); use single or fsdp2")
+    if o.reset_each_step and o.lr_schedule != "constant":
+        raise DiffrlConfigError(
+            f"optim.reset_each_step=true with optim.lr_schedule={o.lr_schedule}: the schedule restarts every RL step, so only "
+            "warmup then constant is meaningful; set optim.lr_schedule=constant"
         )
 
 
