@@ -120,6 +120,9 @@ class Algorithm:
     token_filter: Callable[[TokenScores, PolicyBatch], Tensor] | None = None
     nll: NLLTerm | None = None
     needs: Needs = field(default_factory=Needs)
+    # Prompts (over all ranks) per set of sequences a grpo/dr_grpo loss is normalised over, each
+    # set's gradient summed (JustGRPO's accumulation micro-steps); None = the whole mini-batch.
+    normaliser_prompts: int | None = None
 
 
 _REGISTRY: dict[str, tuple[type[AlgorithmConfig], Callable[[Any], Algorithm]]] = {}

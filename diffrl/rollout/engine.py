@@ -76,7 +76,7 @@ def generate(
     bsz, device = prompt_ids.shape[0], prompt_ids.device
     grid = BlockGrid.build(prompt_mask, cfg, facts)
     canvas = Canvas.start(prompt_ids, prompt_mask, grid.canvas_width, cfg, facts, fixed_tokens)
-    runner = Runner(model, canvas, make_cache(cfg, facts, canvas), bsz)
+    runner = Runner(model, canvas, make_cache(cfg, facts, canvas), bsz, cfg_scale=cfg.cfg_scale)
     loop = DenoisingLoop(model, canvas, grid, runner, cfg, torch.arange(bsz, device=device) if sample_ids is None else sample_ids.to(device))
     for rnd in range(grid.rounds):
         loop.run_block(rnd)

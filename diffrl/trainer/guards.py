@@ -34,6 +34,8 @@ def check_algorithm(cfg: Config, algorithm: Algorithm) -> None:
     if a.beta > 0 and not needs.kl:
         raise DiffrlConfigError(f"algorithm.beta={a.beta}: algorithm={name} defines no KL term on its likelihood estimate (its paper forbids one); set algorithm.beta=0")
     check_correctness_reward(cfg, algorithm)
+    if algorithm.normaliser_prompts is not None:
+        num_mini_batches(cfg.trainer.batch_size, algorithm.normaliser_prompts, 1, f"algorithm={name}'s loss normaliser set of")
     if needs.varying_tpf and cfg.rollout.threshold is None and cfg.rollout.factor is None:
         # A warning, not an error: with its TPF filter off (threshold 0) the run still learns accuracy.
         warnings.warn(

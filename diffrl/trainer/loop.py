@@ -140,13 +140,25 @@ def loss_weights(run: Run, trained: Tensor, outcome: Outcome, minis: list[Tensor
         weights[rows] = token_weights(
             part, run.algorithm.config.loss_type, mbs, length,
             global_tokens=all_reduce_sum(part.sum(), device).item(),
-            global_sequences=all_reduce_sum(outcome.keep[rows].sum(), device).item(),
+            global_sequences=sequence_counts(run, outcome.keep, rows),
             world_size=run.world.world_size,
         )
         if nll_tokens is not None and nll_weights is not None:
             nll_part = nll_tokens[rows]
             nll_weights[rows] = token_weights(nll_part, "dapo", mbs, length, global_tokens=all_reduce_sum(nll_part.sum(), device).item())
     return weights, nll_weights
+
+
+def sequence_counts(run: Run, keep: Tensor, rows: Tensor) -> float | Tensor:
+    """The kept sequences over all ranks that normalise ``rows``: one count for the mini-batch, or
+    per row [n, 1] the count of its normaliser set (global prompt p is in set p mod n_sets)."""
+    per_set = run.algorithm.normaliser_prompts
+    if per_set is None:
+        return all_reduce_sum(keep[rows].sum(), run.world.device).item()
+    n_sets = num_mini_batches(run.cfg.trainer.batch_size, per_set, run.world.world_size, "algorithm.normaliser_prompts")
+    which = rows // run.algorithm.config.num_generations % n_sets
+    counts = all_reduce_sum(torch.zeros(n_sets, dtype=torch.float64, device=keep.device).index_add_(0, which, keep[rows].double()), run.world.device)
+    return counts[which][:, None].float()
 
 
 def train(cfg: Config, resolved: dict[str, Any] | None = None) -> dict[str, Any]:

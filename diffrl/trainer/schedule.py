@@ -25,16 +25,16 @@ def update_epochs(cfg: Config) -> int:
     return cfg.trainer.ppo_epochs if cfg.trainer.ppo_epochs is not None else cfg.algorithm.num_iterations
 
 
-def num_mini_batches(batch_size: int, mini_batch_size: int | None, world_size: int) -> int:
+def num_mini_batches(batch_size: int, mini_batch_size: int | None, world_size: int, field: str = "trainer.ppo_mini_batch_size") -> int:
     """How many optimizer steps one epoch over the rollout takes (``mini_batch_size``: prompts
-    over all ranks per step; None = the whole batch)."""
+    over all ranks per step; None = the whole batch). ``field`` names the setting in errors."""
     if mini_batch_size is None or mini_batch_size >= batch_size:
         return 1
     n = batch_size // mini_batch_size
     if mini_batch_size <= 0 or batch_size % mini_batch_size or (batch_size // world_size) % n:
         raise DiffrlConfigError(
-            f"trainer.ppo_mini_batch_size={mini_batch_size} must divide trainer.batch_size={batch_size}, and the number of "
-            f"mini-batches must divide each rank's {batch_size // world_size} prompts ({world_size} rank(s)); choose such a size, "
+            f"{field}={mini_batch_size} must divide trainer.batch_size={batch_size}, and the number of such "
+            f"sets must divide each rank's {batch_size // world_size} prompts ({world_size} rank(s)); choose such a size, "
             "or null for one step on the whole batch"
         )
     return n
