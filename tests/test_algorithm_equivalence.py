@@ -1,4 +1,5 @@
-"""Every registered algorithm (and each ``scale_rewards`` option, and the PPO mini-batch schedule)
+"""Every registered algorithm (and each ``scale_rewards`` option, the PPO mini-batch schedule and
+JustGRPO's per-micro-step normaliser)
 takes the same step on 2 real torchrun ranks (gloo) as one process on the same global batch:
 the advantages, the loss, the gradient norm and the updated weights agree to fp32 rounding.
 
@@ -38,6 +39,8 @@ def variants() -> dict[str, str]:
     out.update({f"scale_{s}": f"algorithm=diffu_grpo;algorithm.scale_rewards={s}" for s in SCALE_REWARDS})
     # Two epochs over two mini-batches of one prompt per rank each: four optimizer steps.
     out["ppo_mini_batches"] = f"algorithm=lightning_rl;{EXTRA['lightning_rl']};trainer.ppo_mini_batch_size=2"
+    # JustGRPO's normaliser over accumulation micro-steps of 2 prompts (one per rank).
+    out["just_grpo_micro_steps"] = "algorithm=just_grpo;algorithm.just_grpo.micro_step_prompts=2"
     return out
 
 
