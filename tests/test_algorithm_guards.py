@@ -88,9 +88,11 @@ def test_kl_on_an_estimator_whose_paper_forbids_it_is_refused() -> None:
     check_algorithm(replace(cfg, algorithm=replace(cfg.algorithm, beta=0.0)), algorithm)
 
 
-def test_reference_sync_of_a_lora_run_is_refused() -> None:
-    with pytest.raises(DiffrlConfigError, match=r"^algorithm.sync_ref_model=true with trainer.lora.enabled=true"):
+def test_reference_sync_without_a_moving_reference_is_warned_about() -> None:
+    with pytest.warns(UserWarning, match=r"^algorithm.sync_ref_model=true with trainer.lora.enabled=true"):
         config("recipe=demo", "algorithm.beta=0.01", "algorithm.sync_ref_model=true", "trainer=lora")
+    with pytest.warns(UserWarning, match=r"^algorithm.sync_ref_model=true with algorithm.beta=0"):
+        config("recipe=demo", "algorithm.beta=0", "algorithm.sync_ref_model=true")
 
 
 def test_igpo_rows_without_the_reference_answer_name_field_and_file(tmp_path: Path) -> None:

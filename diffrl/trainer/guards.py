@@ -49,13 +49,16 @@ def check_algorithm(cfg: Config, algorithm: Algorithm) -> None:
         check_left_to_right(cfg, algorithm)
     check_schedule(cfg)
     if a.sync_ref_model and a.beta == 0:
-        raise DiffrlConfigError("algorithm.sync_ref_model=true with algorithm.beta=0: there is no KL reference to sync; set beta > 0 or sync_ref_model=false")
+        warnings.warn("algorithm.sync_ref_model=true with algorithm.beta=0: there is no KL reference, so nothing is synced", UserWarning, stacklevel=2)
     if a.sync_ref_model and (a.ref_model_sync_steps < 1 or not 0 <= a.ref_model_mixup_alpha <= 1):
         raise DiffrlConfigError(f"algorithm.ref_model_sync_steps={a.ref_model_sync_steps} must be >= 1 and algorithm.ref_model_mixup_alpha={a.ref_model_mixup_alpha} in [0, 1]")
     if a.sync_ref_model and cfg.trainer.lora.enabled:
-        raise DiffrlConfigError(
+        # A warning, as in d1's LoRA runs (train.yaml syncs every 64 steps; the sync never changes the base).
+        warnings.warn(
             "algorithm.sync_ref_model=true with trainer.lora.enabled=true: a LoRA run's reference is the base model "
-            "with the adapters off, which cannot be mixed towards the policy; use full fine-tuning or sync_ref_model=false"
+            "with the adapters off, which the sync leaves as it is; use full fine-tuning for a moving reference",
+            UserWarning,
+            stacklevel=2,
         )
 
 

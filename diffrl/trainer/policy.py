@@ -172,7 +172,7 @@ class AdapterOff:
         """Nothing to copy: a warm start trained the adapters, so the base stays the anchor."""
 
     def mix_towards(self, policy: Policy, alpha: float) -> None:
-        raise ValueError("a LoRA run's reference is the base model; it cannot be mixed towards the policy (see algorithm.sync_ref_model)")
+        """Nothing to mix: the reference is the frozen base (start-up warns about the setting)."""
 
     def close(self) -> None:
         """Nothing to release: the policy owns the weights."""
