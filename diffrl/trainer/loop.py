@@ -37,11 +37,11 @@ from diffrl.trainer.config import Config
 from diffrl.trainer.distributed import all_reduce_sum, init_distributed
 from diffrl.trainer.export import checkpoint_meta, save_final
 from diffrl.trainer.global_batch import global_advantages
-from diffrl.trainer.optim import restart
-from diffrl.trainer.schedule import mini_batch_rows, num_mini_batches, update_epochs
 from diffrl.trainer.logger import MetricLogger
+from diffrl.trainer.optim import restart
 from diffrl.trainer.plots import plot_reward_curve
 from diffrl.trainer.sampling import generate_rollout, repair_samples, score_samples
+from diffrl.trainer.schedule import mini_batch_rows, num_mini_batches, update_epochs
 from diffrl.trainer.sft import sft_train_step, warm_start
 from diffrl.trainer.step_metrics import global_metrics, reward_summary, sample_rows, throughput
 from diffrl.trainer.validate import validate
@@ -155,7 +155,7 @@ def sequence_counts(run: Run, keep: Tensor, rows: Tensor) -> float | Tensor:
     per_set = run.algorithm.normaliser_prompts
     if per_set is None:
         return all_reduce_sum(keep[rows].sum(), run.world.device).item()
-    n_sets = num_mini_batches(run.cfg.trainer.batch_size, per_set, run.world.world_size, "algorithm.normaliser_prompts")
+    n_sets = num_mini_batches(run.cfg.trainer.batch_size, per_set, run.world.world_size, f"algorithm={run.algorithm.config.name}'s loss normaliser set of")
     which = rows // run.algorithm.config.num_generations % n_sets
     counts = all_reduce_sum(torch.zeros(n_sets, dtype=torch.float64, device=keep.device).index_add_(0, which, keep[rows].double()), run.world.device)
     return counts[which][:, None].float()
