@@ -71,26 +71,32 @@ def lm_head_inputs(args: argparse.Namespace, vocab: int, grad: bool) -> tuple[to
     return hidden.requires_grad_(grad), weight.requires_grad_(grad), targets
 
 
-def logprob_case(args: argparse.Namespace, vocab: int, backward: bool) -> Case:
+def logprob_case(args: argparse.Namespace, vocab: int, backward: bool, entropy: bool = False) -> Case:
+    """Selected-token log-prob (and, with ``entropy``, the entropy and its gradient too, which the
+    naive path also computes then)."""
     hidden, weight, targets = lm_head_inputs(args, vocab, backward)
 
     def ours() -> object:
-        logp, entropy = selected_logprobs(hidden, weight, targets)
+        logp, ent = selected_logprobs(hidden, weight, targets, entropy=entropy)
         if backward:
-            torch.autograd.grad(logp.sum() + entropy.sum(), (hidden, weight))
+            torch.autograd.grad(logp.sum() + (ent.sum() if entropy else 0), (hidden, weight))
         return logp
 
     def naive() -> object:
-        logp = torch.log_softmax((hidden @ weight.T).float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+        logp_all = torch.log_softmax((hidden @ weight.T).float(), dim=-1)
+        logp = logp_all.gather(-1, targets[:, None]).squeeze(-1)
+        loss = logp.sum()
+        if entropy:
+            loss = loss - (logp_all.exp() * logp_all).sum()
         if backward:
-            torch.autograd.grad(logp.sum(), (hidden, weight))
+            torch.autograd.grad(loss, (hidden, weight))
         return logp
 
     size = hidden.element_size()
     passes = 2 if backward else 1  # backward reads h and W again and writes dh and dW
     matmuls = 3 if backward else 1
     return Case(
-        f"log-prob {'fwd+bwd' if backward else 'fwd'}",
+        f"log-prob{' +entropy' if entropy else ''} {'fwd+bwd' if backward else 'fwd'}",
         {"fused": backend_run("triton", ours), "fallback": backend_run("torch", ours), "naive": naive},
         min_bytes=passes * size * (args.rows + vocab) * args.hidden + 8 * args.rows,
         flops=2.0 * matmuls * args.rows * vocab * args.hidden,
@@ -268,6 +274,7 @@ def main() -> None:
             if "logprob" in args.kernels:
                 yield logprob_case(args, vocab, False), vocab
                 yield logprob_case(args, vocab, True), vocab
+                yield logprob_case(args, vocab, True, entropy=True), vocab
             if "decode" in args.kernels:
                 for rows in args.decode_rows or (args.rows, 256):
                     yield decode_case(args, vocab, rows, 0.0, None), vocab

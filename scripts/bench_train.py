@@ -73,6 +73,7 @@ def worker(args: argparse.Namespace) -> None:
     from diffrl.models import random_model
     from diffrl.trainer.config import Config
     from diffrl.trainer.distributed import init_distributed, shutdown
+    from diffrl.trainer.policy import Policy
     from diffrl.trainer.sft import sft_step
     from diffrl.trainer.strategy import build_strategy
 
@@ -85,7 +86,7 @@ def worker(args: argparse.Namespace) -> None:
     cfg.trainer.fsdp.param_dtype = None
     cfg.model.gradient_checkpointing = args.activation_checkpointing
     model = random_model(model_config(args), seed=0).to(world.device)
-    policy, _ = build_strategy(model, cfg, optim=cfg.optim, total_steps=args.steps + 1)
+    policy = Policy(build_strategy(model, cfg, optim=cfg.optim, total_steps=args.steps + 1)[0], micro_batch_size=args.micro_batch)
 
     local = args.batch // world.world_size
     gen = torch.Generator().manual_seed(world.rank)

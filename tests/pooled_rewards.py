@@ -30,6 +30,12 @@ def hangs_on_b(completions: list[str], rows: list[dict]) -> list[float]:
     return [1.0] * len(completions)
 
 
-@register_reward("test_worker_pid", pooled=True)
+@register_reward("test_worker_pid", pooled=True, bounds=(0, 1 << 22))
 def worker_pid(completions: list[str], rows: list[dict]) -> list[float]:
     return [float(os.getpid())] * len(completions)
+
+
+@register_reward("test_pooled_bad_values", pooled=True)
+def pooled_bad_values(completions: list[str], rows: list[dict]) -> list[object]:
+    bad = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf"), "1e6": 1e6, "-0.5": -0.5, "string": "1", "none": None, "list": [1.0]}
+    return [bad.get(c, 1.0) for c in completions]

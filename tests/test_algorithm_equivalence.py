@@ -19,6 +19,7 @@ import torch
 
 from diffrl.algorithms.advantages import SCALE_REWARDS
 from diffrl.algorithms.registry import registered_algorithms
+from diffrl.algorithms.unmasking_grpo import NAME as UNMASKING_GRPO
 from diffrl.train import RECIPES
 from tests.algorithm_step_worker import REPO, step
 from tests.torchrun import run_torchrun
@@ -34,8 +35,14 @@ EXTRA = {
 }
 
 
+def dllm_algorithms() -> list[str]:
+    """The algorithms that train the dLLM through the RL step (unmasking_grpo trains the unmasking
+    policy with the dLLM frozen; tests/unmasking_rank_worker.py checks its N-rank step)."""
+    return [name for name in registered_algorithms() if name != UNMASKING_GRPO]
+
+
 def variants() -> dict[str, str]:
-    out = {name: f"algorithm={name};{EXTRA.get(name, '')}" for name in registered_algorithms()}
+    out = {name: f"algorithm={name};{EXTRA.get(name, '')}" for name in dllm_algorithms()}
     out.update({f"scale_{s}": f"algorithm=diffu_grpo;algorithm.scale_rewards={s}" for s in SCALE_REWARDS})
     # Two epochs over two mini-batches of one prompt per rank each: four optimizer steps.
     out["ppo_mini_batches"] = f"algorithm=lightning_rl;{EXTRA['lightning_rl']};trainer.ppo_mini_batch_size=2"

@@ -208,3 +208,22 @@ def test_igpo_is_inert_unless_a_whole_group_fails_and_then_injects_the_trace(tin
         # The hint positions hold the trace, and the sample is correct.
         assert set(repaired.completion_ids[row][hints].tolist()) <= set(trace)
         assert (repaired.completion_ids[row] == trace[0]).any()
+
+
+def test_is_correct_reads_the_named_reward_or_the_total_and_names_a_wrong_reward() -> None:
+    from diffrl.algorithms.correctness import is_correct
+    from diffrl.rewards.registry import RewardBatch
+
+    scored = RewardBatch(
+        total=torch.tensor([0.0, 0.5, 2.5, 1.0]),
+        per_reward={"math": torch.tensor([0.0, 0.0, 1.0, 1.0]), "format": torch.tensor([0.0, 1.0, 1.0, 0.0])},
+        reasons={}, errors=0,
+    )
+    # Training's default: a positive total (a format-only sample counts; set correctness_reward).
+    assert is_correct(scored).tolist() == [False, True, True, True]
+    assert is_correct(scored, "math").tolist() == [False, False, True, True]
+    # Evaluation's: the named reward at least the threshold.
+    assert is_correct(scored, "format", 1.0).tolist() == [False, True, True, False]
+    assert is_correct(scored, None, 1.0).tolist() == [False, False, True, True]
+    with pytest.raises(ValueError, match="'code' is not one of this task's rewards: math, format"):
+        is_correct(scored, "code")

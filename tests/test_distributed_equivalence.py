@@ -111,3 +111,19 @@ def _with_lora(model, full: dict[str, torch.Tensor]):
     peft = apply_lora(model, LoraConfig(enabled=True, r=4), lora_targets(model))
     model.load_state_dict(full)
     return peft
+
+
+def test_a_gathered_rollout_holds_every_ranks_records_and_edits(tmp_path: Path) -> None:
+    """Ranks with different edit counts gather the rollout ``Rollout.concat`` builds from all of
+    theirs: every per-sample record, and each edit under its global row."""
+    from diffrl.rollout import Rollout
+    from tests.rollout_gather_worker import local_rollout
+
+    run_torchrun(str(REPO / "tests" / "rollout_gather_worker.py"), str(tmp_path), tmp=tmp_path, timeout=300)
+    gathered = torch.load(tmp_path / "gathered.pt")
+    whole = Rollout.concat([local_rollout(0), local_rollout(1)])
+    for name in Rollout.per_sample_fields("identity", "record"):
+        assert torch.equal(gathered[name], getattr(whole, name)), name
+    assert len(whole.edits) == 4
+    for name, values in vars(whole.edits).items():
+        assert torch.equal(gathered["edits"][name], values), name

@@ -137,3 +137,31 @@ def test_chunked_logprob_peak_memory_is_under_a_quarter_of_naive() -> None:
     assert naive["peak_bytes"] >= logits_bytes, naive  # the measurement sees the naive logits
     assert chunked["peak_bytes"] < naive["peak_bytes"] / 4, (chunked, naive)
     assert abs(chunked["logp_sum"] - naive["logp_sum"]) < 1e-3 * abs(naive["logp_sum"])
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_fallback_saved_and_recomputed_logits_give_the_plain_values_and_gradients(temperature: float) -> None:
+    """Backward from the forward's saved logits (all of them, some, none) against autograd through
+    plain log_softmax; ``entropy=False`` skips the entropy and gives the same log-probs and
+    gradients of the log-probs."""
+    hidden, weight, targets = inputs(6, torch.float64)
+    hidden, weight = hidden.detach().cpu().requires_grad_(), weight.detach().cpu().requires_grad_()
+    targets = targets.cpu()
+    coef = torch.linspace(-1.0, 2.0, N, dtype=torch.float64)
+    logp_all = torch.log_softmax(hidden @ weight.T / temperature, -1)
+    plain_logp = logp_all.gather(-1, targets[:, None]).squeeze(-1)
+    plain_ent = -(logp_all.exp() * logp_all).sum(-1)
+    plain = torch.autograd.grad((plain_logp * coef).sum() + 0.3 * plain_ent.sum(), (hidden, weight), retain_graph=True)
+    plain_lp_only = torch.autograd.grad((plain_logp * coef).sum(), (hidden, weight))
+    chunk_logits = 8 * V * 8  # fp64 logits of one 8-row chunk: save_bytes below keeps some chunks
+    for save_bytes in (0, 2 * chunk_logits, 1 << 30):
+        with use_backend("torch"):
+            logp, ent = selected_logprobs(hidden, weight, targets, temperature=temperature, chunk_rows=8, save_bytes=save_bytes)
+            grads = torch.autograd.grad((logp * coef).sum() + 0.3 * ent.sum(), (hidden, weight))
+            logp_only, none = selected_logprobs(hidden, weight, targets, temperature=temperature, entropy=False, chunk_rows=8, save_bytes=save_bytes)
+            grads_lp = torch.autograd.grad((logp_only * coef).sum(), (hidden, weight))
+        assert none is None
+        assert torch.allclose(logp, plain_logp, atol=1e-10) and torch.allclose(ent, plain_ent, atol=1e-10)
+        assert torch.allclose(logp_only, plain_logp, atol=1e-10)
+        assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(grads, plain)), save_bytes
+        assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(grads_lp, plain_lp_only)), save_bytes

@@ -7,7 +7,6 @@ also tested alone (audit hook off) where the machine grants them: the run report
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import time
 from pathlib import Path
@@ -15,27 +14,14 @@ from pathlib import Path
 import pytest
 
 from diffrl.rewards.code import code_reward
-from diffrl.rewards.sandbox import UID_BASE, SandboxLimits, run_tests
+from diffrl.rewards.sandbox import SandboxLimits, run_tests
+from tests.sandbox_helpers import own_sandboxes, run_leftovers
 
 LIMITS = SandboxLimits(cpu_seconds=2, wall_seconds=10, memory_mb=1024, output_bytes=1 << 20)
 
 
 def plan(solution: str, *asserts: str) -> dict:
-    return {"solution": solution, "candidate": None, "bind_as": None, "setup": "", "steps": [{"code": a, "test": True} for a in asserts or ("assert escape() == 1",)]}
-
-
-def sandbox_processes() -> list[int]:
-    """Live processes running under any sandbox uid."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                fields = dict(line.split(":", 1) for line in open(f"/proc/{entry.name}/status") if ":" in line)
-            except OSError:
-                continue
-            if int(fields["Uid"].split()[0]) >= UID_BASE and not fields["State"].strip().startswith("Z"):
-                found.append(int(entry.name))
-    return found
+    return {"solution": solution, "context": "", "names": ["escape"], "candidate": None, "bind_as": None, "setup": "", "steps": [{"code": a, "test": True} for a in asserts or ("assert escape() == 1",)]}
 
 
 @pytest.fixture()
@@ -79,7 +65,7 @@ def test_fork_bomb() -> None:
     bomb = "import os\ndef escape():\n    while True:\n        os.fork()\n"
     result = run_tests(plan(bomb), LIMITS)
     assert result.reason == "sandbox_violation" and "os.fork" in result.detail
-    assert sandbox_processes() == []
+    assert run_leftovers(result) == []
 
 
 def test_fork_bomb_without_the_audit_hook_is_held_by_the_process_limit() -> None:
@@ -104,8 +90,8 @@ def test_fork_bomb_without_the_audit_hook_is_held_by_the_process_limit() -> None
     )
     result = run_tests(plan(bomb, f"assert escape() < {LIMITS.max_processes}"), LIMITS, audit=False)
     assert (result.passed, result.total) == (1, 1) and "nproc" in result.layers
-    # The children it left sleeping are gone: the process group and the run's uid are swept.
-    assert sandbox_processes() == []
+    # The children it left sleeping are gone: they died with pid 1 of the run's namespace.
+    assert run_leftovers(result) == []
 
 
 def test_allocating_10_gb() -> None:
@@ -143,40 +129,25 @@ def test_writing_outside_its_directory(tmp_path: Path) -> None:
     assert inside.passed == 1
 
 
-def test_writing_outside_without_the_audit_hook_is_refused_by_file_permissions(tmp_path: Path) -> None:
+def test_writing_outside_without_the_audit_hook_finds_a_read_only_root(tmp_path: Path) -> None:
     target = tmp_path / "escaped.txt"
     write = f"def escape():\n    open({str(target)!r}, 'w').write('x')\n    return 1\n"
     result = run_tests(plan(write), LIMITS, audit=False)
-    if "uid" in result.layers:
-        assert result.reason == "wrong" and "PermissionError" in result.detail
-        assert not target.exists()
-    else:
-        assert result.passed == 1 and target.exists()
+    assert "ro_root" in result.layers
+    # The host's folders are not in the sandbox's root at all.
+    assert result.reason == "wrong" and "FileNotFoundError" in result.detail
+    assert not target.exists()
 
 
-def test_the_parents_environment_is_not_visible(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_parents_environment_and_processes_are_not_visible(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DIFFRL_TEST_SECRET", "hunter2")
     from_env = "import os\ndef escape():\n    return int('hunter2' in repr(dict(os.environ)))\n"
-    from_proc = "import os\ndef escape():\n    return int('hunter2' in open(f'/proc/{os.getppid()}/environ').read())\n"
-    env_result = run_tests(plan(from_env), LIMITS)
-    proc_result = run_tests(plan(from_proc), LIMITS)
-    assert env_result.reason == "wrong" and env_result.passed == 0
-    assert proc_result.reason == "sandbox_violation" and "/proc/" in proc_result.detail
-    unguarded = run_tests(plan(from_proc), LIMITS, audit=False)
-    if "uid" in unguarded.layers:
-        assert unguarded.reason == "wrong" and "PermissionError" in unguarded.detail
-
-
-def test_killing_the_parent() -> None:
-    kill = "import os, signal\ndef escape():\n    os.kill(os.getppid(), signal.SIGKILL)\n    return 1\n"
-    result = run_tests(plan(kill), LIMITS)
-    assert result.reason == "sandbox_violation" and "os.kill" in result.detail
-    # Alone, the uid layer: signal 0 only asks whether a signal would be allowed.
-    probe = "import os\ndef escape():\n    os.kill(os.getppid(), 0)\n    return 1\n"
-    unguarded = run_tests(plan(probe), LIMITS, audit=False)
-    if "uid" in unguarded.layers:
-        assert unguarded.reason == "wrong" and "PermissionError" in unguarded.detail
-    os.kill(os.getpid(), 0)  # and we are still here
+    # In its own pid namespace the candidate is pid 1 with no parent, and there is no /proc.
+    from_proc = "import os\ndef escape():\n    return int(os.getppid() != 0 or os.path.exists('/proc/1'))\n"
+    for audit in (True, False):
+        for source in (from_env, from_proc):
+            result = run_tests(plan(source), LIMITS, audit=audit)
+            assert (result.passed, result.reason) == (0, "wrong"), result
 
 
 def test_printing_100_mb() -> None:
@@ -208,9 +179,10 @@ def test_the_run_directory_is_removed_and_nothing_is_left_running(tmp_path: Path
 
     monkeypatch.setattr(tempfile, "tempdir", None)
     locked = "import os\nos.mkdir('d')\nopen('d/f', 'w').write('x')\nos.chmod('d', 0)\ndef escape():\n    return 1\n"
-    assert run_tests(plan(locked), LIMITS).passed == 1
+    result = run_tests(plan(locked), LIMITS)
+    assert result.passed == 1
     assert list(tmp_path.iterdir()) == []
-    assert sandbox_processes() == []
+    assert run_leftovers(result) == []
 
 
 def test_code_reward_reasons_for_escapes(shared: Path) -> None:
@@ -220,26 +192,10 @@ def test_code_reward_reasons_for_escapes(shared: Path) -> None:
     completions = [
         "def square_perimeter(a):\n    return 4 * a\n",
         "def square_perimeter(a):\n    while True:\n        pass\n",
-        "import os\ndef square_perimeter(a):\n    os.kill(os.getppid(), 9)\n",
+        "import socket\ndef square_perimeter(a):\n    socket.socket()\n    return 4 * a\n",
     ]
     scores = code_reward(completions, [row] * 3, cpu_seconds=2, wall_seconds=10)
     assert [(s.value, s.reason) for s in scores] == [(1.0, ""), (0.0, "timeout"), (0.0, "sandbox_violation")]
-    assert signal.SIGKILL  # the test process survived the attempt
-
-
-def sandbox_boots() -> list[int]:
-    """Live sandbox processes, found by their command line (works with or without a uid of their own)."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                cmdline = open(f"/proc/{entry.name}/cmdline", "rb").read()
-                state = next(line for line in open(f"/proc/{entry.name}/status") if line.startswith("State:"))
-            except (OSError, StopIteration):
-                continue
-            if b"sandbox_boot.py" in cmdline and "Z" not in state.split()[1]:
-                found.append(int(entry.name))
-    return found
 
 
 def test_a_sample_past_the_pools_deadline_leaves_no_process_or_directory(shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -255,9 +211,9 @@ def test_a_sample_past_the_pools_deadline_leaves_no_process_or_directory(shared:
         out = runner([sleeper], [row])
         assert out.reasons["code"] == ["timeout"]
         deadline = time.monotonic() + 5
-        while sandbox_boots() and time.monotonic() < deadline:
+        while own_sandboxes() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert sandbox_boots() == []
+        assert own_sandboxes() == []
     assert list(tmp_path.iterdir()) == []
 
 
@@ -265,3 +221,26 @@ def test_a_file_over_the_size_limit() -> None:
     big = "def escape():\n    with open('big.bin', 'wb') as f:\n        f.write(b'x' * (32 * 1024 * 1024))\n    return 1\n"
     result = run_tests(plan(big), SandboxLimits(file_size_mb=16, memory_mb=1024))
     assert result.reason == "sandbox_violation" and "file over 16 MB" in result.detail
+
+
+def test_cleanup_removes_a_deep_locked_tree(tmp_path: Path) -> None:
+    # The non-root path's run folder is a real directory: 1,100 levels and a chmod 0 inside.
+    from diffrl.rewards.sandbox import remove_tree
+
+    top = tmp_path / "run"
+    path = str(top)
+    os.mkdir(path)
+    for _ in range(1100):
+        path += "/d"
+        os.mkdir(path)  # os.makedirs would recurse past Python's limit
+    (top / "d" / "d").chmod(0)
+    remove_tree(str(top))
+    assert not top.exists()
+
+
+def test_the_start_up_check_prints_the_layers(capfd: pytest.CaptureFixture[str]) -> None:
+    from diffrl.rewards import RewardRunner, RewardSpec
+
+    RewardRunner([RewardSpec("code")], num_workers=0)
+    line = capfd.readouterr().err
+    assert line.startswith("code reward sandbox: layers ") and "verdict" in line and "ro_root" in line

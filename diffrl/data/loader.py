@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from diffrl.errors import DiffrlConfigError
+
 
 class PromptLoader:
     """Shuffles once per epoch from ``seed``; each rank takes its share of every global batch.
@@ -15,9 +17,9 @@ class PromptLoader:
 
     def __init__(self, rows: list[dict[str, Any]], batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         if batch_size % world_size:
-            raise ValueError(f"trainer.batch_size={batch_size} prompts must divide evenly over {world_size} ranks")
+            raise DiffrlConfigError(f"trainer.batch_size={batch_size} prompts must divide evenly over {world_size} ranks")
         if len(rows) < batch_size:
-            raise ValueError(f"the dataset has {len(rows)} rows, fewer than trainer.batch_size={batch_size}")
+            raise DiffrlConfigError(f"the dataset has {len(rows)} rows, fewer than trainer.batch_size={batch_size}")
         self.rows, self.batch_size, self.seed = rows, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.epoch, self.position = 0, 0

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from torch import Tensor
+
+log = logging.getLogger(__name__)
 
 
 class PromptEncoder:
@@ -48,3 +51,13 @@ class PromptEncoder:
             ids[i, width - len(row_ids) :] = torch.tensor(row_ids, dtype=torch.long)
             mask[i, width - len(row_ids) :] = True
         return ids, mask, truncated
+
+
+def filter_overlong(rows: list[dict[str, Any]], encoder: PromptEncoder) -> list[dict[str, Any]]:
+    """The rows whose rendered prompt fits ``encoder.max_prompt_length`` tokens (verl's
+    ``data.filter_overlong_prompts``: the chat template with the generation prompt, here with the
+    task's system prompt and prefix too); logs how many were dropped."""
+    kept = [row for row in rows if len(encoder.token_ids(row)) <= encoder.max_prompt_length]
+    if len(kept) < len(rows):
+        log.warning("task.filter_overlong_prompts: dropped %d of %d prompts longer than %d tokens", len(rows) - len(kept), len(rows), encoder.max_prompt_length)
+    return kept

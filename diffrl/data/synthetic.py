@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from diffrl.errors import DiffrlConfigError
+
 EOS, MASK, UNK = "<|endoftext|>", "<|mdm_mask|>", "<|unk|>"
 _CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['content'] }}{% if not loop.last %} {% endif %}{% endfor %}"
@@ -109,5 +111,5 @@ SYNTHETIC_TASKS = {"sort_digits": "sort", "reverse_digits": "reverse", "incremen
 def synthetic_task(name: str, **kwargs: Any) -> DigitTask:
     """The task recipe's ``synthetic`` block (``name`` plus :class:`DigitTask` options) as a task."""
     if name not in SYNTHETIC_TASKS:
-        raise ValueError(f"task.synthetic.name={name!r} is not one of {', '.join(SYNTHETIC_TASKS)}")
+        raise DiffrlConfigError(f"task.synthetic.name={name!r} is not one of {', '.join(SYNTHETIC_TASKS)}")
     return DigitTask(op=SYNTHETIC_TASKS[name], **kwargs)

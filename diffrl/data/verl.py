@@ -59,6 +59,9 @@ def check_ground_truth(row: Row) -> Row:
     reward_model = row.get("reward_model")
     if not isinstance(reward_model, dict) or reward_model.get("ground_truth") is None:
         raise DataError("field 'reward_model.ground_truth' is missing; every row needs the answer its reward checks")
+    truth = reward_model["ground_truth"]
+    if (isinstance(truth, float) and truth != truth) or (isinstance(truth, str) and not truth.strip()) or (isinstance(truth, (list, tuple)) and not truth):
+        raise DataError(f"field 'reward_model.ground_truth' is empty or NaN ({truth!r}); every row needs the answer its reward checks")
     return row
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from diffrl.data import DataError, PromptEncoder
+from diffrl.errors import DiffrlConfigError
 from diffrl.eval import records as jsonl
 from diffrl.eval.config import EvalRecipe, correct_reward
 from diffrl.eval.metrics import summarize, timing
@@ -88,7 +89,7 @@ def setup(recipe: EvalRecipe, world: World, out: Path) -> Evaluation:
     tokenizer = load_tokenizer(model_dir)
     model = load_pretrained(model_dir, dtype=recipe.model.dtype, device=world.device, overrides=recipe.model.overrides()).eval()
     encoder = prompt_encoder(tokenizer, recipe.task, model.facts.pad_token_id)
-    rewards = RewardRunner(recipe.task.rewards, num_workers=cfg.reward_workers)
+    rewards = RewardRunner(recipe.task.rewards, num_workers=cfg.reward_workers, allow_unsafe_code=recipe.task.allow_unsafe_code)
     scorer = SampleScorer(tokenizer, rewards, correct_reward(recipe), cfg.correct_threshold, cfg.save_trajectory)
     return Evaluation(recipe, world, model, tokenizer, encoder, rows, scorer)
 
@@ -118,7 +119,7 @@ def check_settings(folder: Path, current: dict[str, Any]) -> None:
         if stored.get(section, {}).get(name) != value
     ]
     if changed:
-        raise ValueError(
+        raise DiffrlConfigError(
             f"{folder} holds samples of a different evaluation ({'; '.join(changed)}); "
             "use a new eval.output_dir, or eval.resume=false to discard them"
         )

@@ -2,9 +2,12 @@
 
 Every program walks its vocabulary split tile by tile (see :mod:`diffrl.kernels.lmhead_triton`)
 and keeps, per row: the online logsumexp and entropy sums of the model distribution and of the
-tempered one, the top-2 logits and the argmax, and, when sampling without filters, the Gumbel-max
-winner. The Gumbel uniforms are :mod:`diffrl.rng`'s counter hash recomputed with uint32
-arithmetic, bit for bit, so the kernel and the fallback sample the same token.
+tempered one, the top-2 logits and the argmax, and, when sampling without filters, the first stage
+of :mod:`diffrl.kernels.decode`'s two-stage draw: each tile is cut into groups of ``GROUP`` ids and
+the best Gumbel score of a group's tempered log-mass is kept. The second stage (a Gumbel-max over
+the winning group's logits, recomputed) is the fallback's own PyTorch code. The Gumbel uniforms are
+:mod:`diffrl.rng`'s counter hash recomputed with uint32 arithmetic, bit for bit, so the kernel and
+the fallback sample the same token.
 
 Top-k / top-p take a second, small pass. The kernel also keeps each row's ``K`` largest logits
 and their indices (:func:`insert_candidates`); the filters, the Gumbel draw over the survivors and
@@ -20,7 +23,17 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from diffrl.kernels.decode import DecodeResult, decode_step_torch
+from diffrl.kernels.decode import (
+    ALL_STATS,
+    GROUP,
+    GROUP_COUNTER,
+    DecodeResult,
+    decode_step_torch,
+    finish_from_candidates,
+    group_logits,
+    pick_in_group,
+    rank_candidates,
+)
 from diffrl.kernels.lmhead_triton import (
     check_lm_head,
     contiguous_rows,
@@ -32,16 +45,18 @@ from diffrl.kernels.lmhead_triton import (
     program_tiles,
     vocab_grid,
 )
-from diffrl.rng import _C1, _C2, _GOLDEN, STREAM_GUMBEL, counter_hash, counter_uniform
+from diffrl.rng import _C1, _C2, _GOLDEN, STREAM_GUMBEL, counter_hash
 
 TOP_P_CANDIDATES = 64
 
 GOLDEN = tl.constexpr(_GOLDEN)
 C1 = tl.constexpr(_C1)
 C2 = tl.constexpr(_C2)
+SAMPLE_GROUP = tl.constexpr(GROUP)
+GROUP_BASE = tl.constexpr(GROUP_COUNTER)
 
 # Float planes of the per-split partials, in order.
-_F32 = ("m", "s", "t", "m_t", "s_t", "t_t", "v1", "v2", "z_best")
+_F32 = ("m", "s", "t", "m_t", "s_t", "t_t", "v1", "v2")
 
 
 @triton.jit
@@ -131,7 +146,6 @@ def _decode_kernel(
         row_hash = tl.load(row_hash_ptr + rows, mask=row_ok, other=0)
         best = tl.full((BLOCK_N,), float("-inf"), tl.float64)
         i_best = tl.zeros((BLOCK_N,), tl.int64)
-        z_best = zeros
     if N_CAND > 0:
         cand_v = tl.full((BLOCK_N, N_CAND), float("-inf"), tl.float32)
         cand_i = tl.full((BLOCK_N, N_CAND), 2147483647, tl.int32)
@@ -151,14 +165,17 @@ def _decode_kernel(
         v2 = tl.maximum(tl.maximum(tl.minimum(v1, top), v2), second)
         v1 = tl.maximum(v1, top)
         if SAMPLE:
-            score = zs.to(tl.float64) + gumbel_noise(row_hash, cols)
+            # first stage of the draw: Gumbel-max over the groups' tempered log-masses
+            zg = tl.reshape(zs, (BLOCK_N, BLOCK_V // SAMPLE_GROUP, SAMPLE_GROUP))
+            g_max = tl.max(zg, axis=2)
+            g_lse = g_max + tl.log(tl.sum(tl.exp(zg - tl.where(g_max == float("-inf"), 0.0, g_max)[:, :, None]), axis=2))
+            groups = tile * (BLOCK_V // SAMPLE_GROUP) + tl.arange(0, BLOCK_V // SAMPLE_GROUP)
+            score = g_lse.to(tl.float64) + gumbel_noise(row_hash, groups.to(tl.int64) + GROUP_BASE)
             tile_best = tl.max(score, axis=1)
             arg_s = tl.argmax(score, axis=1, tie_break_left=True)
-            z_arg = tl.sum(tl.where(lanes[None, :] == arg_s[:, None], z, 0.0), axis=1)
             better = tile_best > best
             best = tl.where(better, tile_best, best)
-            i_best = tl.where(better, tile * BLOCK_V + arg_s, i_best)
-            z_best = tl.where(better, z_arg, z_best)
+            i_best = tl.where(better, tile * (BLOCK_V // SAMPLE_GROUP) + arg_s, i_best)
         if N_CAND > 0:
             cand_v, cand_i = insert_candidates(cand_v, cand_i, z, cols)
     plane = tl.num_programs(1) * n_rows
@@ -173,7 +190,6 @@ def _decode_kernel(
     tl.store(f32_ptr + 7 * plane + at, v2, mask=row_ok)
     tl.store(i64_ptr + at, i1, mask=row_ok)
     if SAMPLE:
-        tl.store(f32_ptr + 8 * plane + at, z_best, mask=row_ok)
         tl.store(i64_ptr + plane + at, i_best, mask=row_ok)
         tl.store(score_ptr + at, best, mask=row_ok)
     if N_CAND > 0:
@@ -186,14 +202,10 @@ def ranked_candidates(cand_v: Tensor, cand_i: Tensor, k: int) -> tuple[Tensor, T
     """The ``k`` best of the per-split candidates [splits, N, K] by (logit descending, index
     ascending): logits [N, k] and their vocabulary indices."""
     n = cand_v.shape[1]
-    values, index = cand_v.permute(1, 0, 2).reshape(n, -1), cand_i.permute(1, 0, 2).reshape(n, -1).long()
-    by_index = index.argsort(dim=-1)
-    values, index = values.gather(-1, by_index), index.gather(-1, by_index)
-    order = values.argsort(dim=-1, descending=True, stable=True)[:, :k]
-    return values.gather(-1, order), index.gather(-1, order)
+    return rank_candidates(cand_v.permute(1, 0, 2).reshape(n, -1), cand_i.permute(1, 0, 2).reshape(n, -1).long(), k)
 
 
-def candidates_for(vocab: int, top_k: int | None, top_p: float | None, top_p_candidates: int) -> int:
+def kernel_candidates(vocab: int, top_k: int | None, top_p: float | None, top_p_candidates: int) -> int:
     """How many largest logits per row the kernel keeps: none without filters, ``top_k + 1``
     rounded up to a power of two for top-k (one more than needed, to see a tie at the k-th),
     ``top_p_candidates`` for top-p alone."""
@@ -214,6 +226,7 @@ def decode_step_triton(
     top_p: float | None = None,
     suppress_ids: tuple[int, ...] = (),
     stats: str = "model",
+    needs: frozenset[str] = ALL_STATS,
     block_n: int = 64,
     block_v: int = 128,
     block_h: int = 64,
@@ -222,14 +235,16 @@ def decode_step_triton(
 ) -> DecodeResult:
     """The fused kernel behind :func:`diffrl.kernels.decode_step` (same arguments and results).
 
-    Tile sizes, the vocabulary split count and the candidate list kept for top-p alone are exposed
-    for tests and tuning: rows whose nucleus is wider than ``top_p_candidates`` are recomputed by
-    the fallback."""
+    Tile sizes (``block_v`` a multiple of :data:`diffrl.kernels.decode.GROUP`), the vocabulary
+    split count and the candidate list kept for top-p alone are exposed for tests and tuning: rows
+    whose nucleus is wider than ``top_p_candidates`` are recomputed by the fallback."""
     check_lm_head(hidden, weight)
+    if block_v % GROUP:
+        raise ValueError(f"block_v={block_v} must be a multiple of the sampling group ({GROUP})")
     hidden, weight = contiguous_rows(hidden), contiguous_rows(weight)
     n, vocab = hidden.shape[0], weight.shape[0]
     device = hidden.device
-    n_cand = candidates_for(vocab, top_k, top_p, top_p_candidates)
+    n_cand = kernel_candidates(vocab, top_k, top_p, top_p_candidates)
     sample = temperature > 0 and n_cand == 0
     t_samp = temperature if temperature > 0 else 1.0
     geo = vocab_grid(n, vocab, hidden.shape[1], device, block_n=block_n, block_v=block_v, block_h=block_h, splits=splits)
@@ -253,54 +268,45 @@ def decode_step_triton(
     top2 = torch.cat((part["v1"], part["v2"])).topk(2, dim=0).values
     first = part["v1"].argmax(0, keepdim=True)  # the lowest split holding the max: the lowest index
     argmax_token = i64[0].gather(0, first)[0]
+    # (m, s, t) partials of the model distribution, as decode.finish_from_candidates reads them
+    model = (lse, torch.ones_like(lse), -ent)
 
     if n_cand == 0:
         if sample:
-            won = score.argmax(0, keepdim=True)
-            token, z_tok = i64[1].gather(0, won)[0], part["z_best"].gather(0, won)[0]
+            group = i64[1].gather(0, score.argmax(0, keepdim=True))[0]
+            suppress_idx = torch.tensor(suppress_ids, dtype=torch.long, device=device)
+            z_group = group_logits(hidden, weight, group, suppress_idx, torch.float32)
+            token, z_tok = pick_in_group(z_group, group, noise_keys.to(device), t_samp)
         else:
             token, z_tok = argmax_token, top2[0]
-        sample_logp = z_tok / t_samp - lse_t
+        result = DecodeResult(token=token, logprob=z_tok / t_samp - lse_t)
         if stats == "model":
-            prob, margin, entropy = torch.exp(z_tok - lse), torch.exp(top2[0] - lse) - torch.exp(top2[1] - lse), ent
+            if "prob" in needs:
+                result.prob = torch.exp(z_tok - lse)
+            if "margin" in needs:
+                result.margin = torch.exp(top2[0] - lse) - torch.exp(top2[1] - lse)
+            if "entropy" in needs:
+                result.entropy = ent
         else:
-            prob = torch.exp(sample_logp)
-            margin = torch.exp(top2[0] / t_samp - lse_t) - torch.exp(top2[1] / t_samp - lse_t)
-            entropy = ent_t
-        return DecodeResult(token=token, prob=prob, logprob=sample_logp, margin=margin, entropy=entropy)
+            if "prob" in needs:
+                result.prob = torch.exp(result.logprob)
+            if "margin" in needs:
+                result.margin = torch.exp(top2[0] / t_samp - lse_t) - torch.exp(top2[1] / t_samp - lse_t)
+            if "entropy" in needs:
+                result.entropy = ent_t
+        return result
 
     values, index = ranked_candidates(cand_v, cand_i, n_cand)
-    scaled = values / t_samp
-    keep = scaled > float("-inf")
-    lse_kept = lse_t
-    if top_k is not None and 0 < top_k < vocab:
-        keep &= scaled >= scaled[:, top_k - 1 : top_k]
-        lse_kept = torch.logsumexp(scaled.masked_fill(~keep, float("-inf")), dim=-1)
-    if top_p is not None and top_p < 1.0:
-        p = torch.exp(scaled.masked_fill(~keep, float("-inf")) - lse_kept[:, None])
-        keep &= (p.cumsum(-1) - p) < top_p
-    logz = torch.log_softmax(scaled.masked_fill(~keep, float("-inf")), dim=-1)
-    if temperature > 0:
-        u = counter_uniform(STREAM_GUMBEL, noise_keys.to(device)[:, None], index)
-        pick = torch.argmax(logz.double() - torch.log(-torch.log(u)), dim=-1, keepdim=True)
-    else:
-        pick = torch.zeros(n, 1, dtype=torch.long, device=device)  # candidate 0 is the first argmax
-    token = index.gather(-1, pick)[:, 0]
-    sample_logp = logz.gather(-1, pick)[:, 0]
-    if stats == "model":
-        z_tok = values.gather(-1, pick)[:, 0]
-        prob, margin, entropy = torch.exp(z_tok - lse), torch.exp(top2[0] - lse) - torch.exp(top2[1] - lse), ent
-    else:
-        pz = logz.exp()
-        prob, margin = torch.exp(sample_logp), pz[:, 0] - pz[:, 1]
-        entropy = -(pz * logz.masked_fill(~keep, 0.0)).sum(-1)
-    result = DecodeResult(token=token, prob=prob, logprob=sample_logp, margin=margin, entropy=entropy)
-    unsure = keep[:, -1].nonzero().squeeze(1) if vocab > n_cand else keep.new_zeros(0, dtype=torch.long)
-    if unsure.numel():
-        redo = decode_step_torch(
-            hidden[unsure], weight, temperature=temperature, noise_keys=None if noise_keys is None else noise_keys.to(device)[unsure],
-            top_k=top_k, top_p=top_p, suppress_ids=suppress_ids, stats=stats,
+    result, unsure = finish_from_candidates(
+        values, index, vocab=vocab, temperature=temperature, noise_keys=None if noise_keys is None else noise_keys.to(device),
+        top_k=top_k, top_p=top_p, stats=stats, needs=needs, lse_t=lse_t, model=model,
+    )
+    redo = unsure.nonzero().squeeze(1)
+    if redo.numel():
+        again = decode_step_torch(
+            hidden[redo], weight, temperature=temperature, noise_keys=None if noise_keys is None else noise_keys.to(device)[redo],
+            top_k=top_k, top_p=top_p, suppress_ids=suppress_ids, stats=stats, needs=needs,
         )
-        for name in ("token", "prob", "logprob", "margin", "entropy"):
-            getattr(result, name)[unsure] = getattr(redo, name).to(getattr(result, name).dtype)
+        for name in ("token", "logprob", *needs):
+            getattr(result, name)[redo] = getattr(again, name).to(getattr(result, name).dtype)
     return result

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from diffrl.errors import DiffrlConfigError
 from diffrl.models.layers import KVCache, RMSNorm
 from diffrl.models.masks import bidirectional_mask, block_causal_mask, positions_from_mask
 from diffrl.models.moe import SparseMoE
@@ -40,11 +41,11 @@ class ModelFacts:
         for name in ("mask_token_id", "pad_token_id", "eos_token_id"):
             value = getattr(self, name)
             if not 0 <= value < self.vocab_size:
-                raise ValueError(f"model.{name}={value} is outside the vocabulary [0, {self.vocab_size}); fix the config or recipe")
+                raise DiffrlConfigError(f"model.{name}={value} is outside the vocabulary [0, {self.vocab_size}); fix the config or recipe")
         if self.mask_token_id == self.pad_token_id:
-            raise ValueError(f"model.pad_token_id equals model.mask_token_id ({self.mask_token_id}); padding would read as masks")
+            raise DiffrlConfigError(f"model.pad_token_id equals model.mask_token_id ({self.mask_token_id}); padding would read as masks")
         if self.attention == "block_causal" and not self.block_size:
-            raise ValueError("a block-causal model needs model.block_size (set it in the model recipe)")
+            raise DiffrlConfigError("a block-causal model needs model.block_size (set it in the model recipe)")
 
 
 class DiffusionLM(nn.Module):

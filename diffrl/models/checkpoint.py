@@ -2,7 +2,10 @@
 
 Models are built on the meta device and every tensor is read straight from its (memory-mapped)
 shard into its parameter, so a load never holds a second copy of a shard. Saving writes the same
-names, dtypes and index format back, so the published modeling code loads what we train.
+names, dtypes and index format back, so the published modeling code loads what we train: the
+source folder's ``*.py`` files (the published remote code) are copied along, and an ``auto_map``
+that names a module the saved folder does not hold is dropped, so no loader looks for code that
+is not there.
 """
 
 from __future__ import annotations
@@ -198,10 +201,39 @@ def save_pretrained(
     param_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     dtype_key = "dtype" if "dtype" in raw and "torch_dtype" not in raw else "torch_dtype"
     raw[dtype_key] = param_dtype
-    (folder / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
     if source_folder is not None:
         copy_tokenizer_files(source_folder, folder)
+        copy_remote_code(source_folder, folder)
+    (folder / "config.json").write_text(json.dumps(without_missing_auto_map(raw, folder), indent=2) + "\n")
+    tok_config = folder / "tokenizer_config.json"
+    if tok_config.exists():
+        tok = json.loads(tok_config.read_text())
+        tok_config.write_text(json.dumps(without_missing_auto_map(tok, folder), indent=2, ensure_ascii=False) + "\n")
     return folder
+
+
+def copy_remote_code(src: str | Path, dst: str | Path) -> None:
+    """Copy the published modeling code (the ``*.py`` files ``auto_map`` points at) of ``src``."""
+    src, dst = Path(src), Path(dst)
+    if src.resolve() == dst.resolve():
+        return
+    for path in src.glob("*.py"):
+        shutil.copyfile(path, dst / path.name)
+
+
+def auto_map_modules(auto_map: dict[str, Any]) -> set[str]:
+    """The module files an ``auto_map`` imports (``modeling_x.Class``, ``repo--modeling_x.Class``,
+    or a tokenizer's [slow, fast] pair)."""
+    refs = [r for v in auto_map.values() for r in (v if isinstance(v, list) else [v]) if isinstance(r, str)]
+    return {r.rpartition("--")[2].rpartition(".")[0] + ".py" for r in refs}
+
+
+def without_missing_auto_map(config: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``config`` without its ``auto_map`` when ``folder`` lacks a module the map imports."""
+    auto_map = config.get("auto_map")
+    if not isinstance(auto_map, dict) or all((folder / name).exists() for name in auto_map_modules(auto_map)):
+        return config
+    return {k: v for k, v in config.items() if k != "auto_map"}
 
 
 def copy_tokenizer_files(src: str | Path, dst: str | Path) -> None:
@@ -219,9 +251,11 @@ def random_model(
     seed: int = 0,
     std: float = 0.02,
     overrides: FactOverrides | None = None,
+    files: FolderFiles | None = None,
 ) -> DiffusionLM:
-    """A randomly initialised model of a config (for tiny test checkpoints and the CPU demo)."""
-    model = build_model(folder_or_config, overrides=overrides)
+    """A randomly initialised model of a config (for tiny test checkpoints and the CPU demo);
+    ``files`` supplies token facts from a folder's tokenizer files."""
+    model = build_model(folder_or_config, overrides=overrides, files=files)
     model.to_empty(device="cpu")
     model.init_weights(std=std, generator=torch.Generator().manual_seed(seed))
     return model.to(dtype)

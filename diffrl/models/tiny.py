@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from diffrl.models.checkpoint import copy_tokenizer_files, random_model, save_pretrained
-from diffrl.models.config import FactOverrides
+from diffrl.models.config import FactOverrides, FolderFiles
 
 # model_type -> the size fields to override (everything else stays as published).
 _QWEN_TINY = {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128, "num_hidden_layers": 2}
@@ -77,13 +77,18 @@ def write_tiny_checkpoint(
 ) -> Path:
     """Write a random tiny checkpoint of ``source``'s architecture (a published model folder) to ``out``.
 
-    Tokenizer files are copied only when the vocabulary keeps its published size. ``overrides``
+    Tokenizer files are copied only when the vocabulary keeps its published size; then the
+    tokenizer files' token facts (SDAR-MoE's mask token) apply as they do to the source. ``overrides``
     supplies the facts a config lacks (LLaDA2's mask id, SDAR-MoE's block size) to build the
     module; they are not written, so loading the folder needs them again, as the original does.
     """
     source, out = Path(source), Path(out)
     config = shrink_config(json.loads((source / "config.json").read_text()), vocab_size, **extra)
-    model = random_model(config, seed=seed, dtype=dtype, std=std, overrides=overrides)
+    files = None
+    if vocab_size is None:
+        published = FolderFiles.read(source)
+        files = FolderFiles(config, published.generation_config, published.token_ids, published.special_tokens)
+    model = random_model(config, seed=seed, dtype=dtype, std=std, overrides=overrides, files=files)
     save_pretrained(model, out, max_shard_bytes=max_shard_bytes)
     if vocab_size is None:
         copy_tokenizer_files(source, out)

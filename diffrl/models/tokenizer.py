@@ -25,14 +25,15 @@ def _tokenizer_config(folder: Path) -> dict[str, Any]:
 
 
 def _remote_tokenizer(tok_cfg: dict[str, Any]) -> str | None:
-    """The class name tokenizer_config.json asks to import from the folder's own code, if any."""
-    auto = tok_cfg.get("auto_map", {}).get("AutoTokenizer")
-    if not auto:
-        return None
+    """The class name tokenizer_config.json asks for that transformers lacks (remote code, whether
+    or not an ``auto_map`` still points at it: an export drops a map whose code it did not copy)."""
     import transformers
 
     name = tok_cfg.get("tokenizer_class")
-    return None if name and hasattr(transformers, name) else (name or str(auto))
+    if name:
+        return None if hasattr(transformers, name) else name
+    auto = tok_cfg.get("auto_map", {}).get("AutoTokenizer")
+    return str(auto) if auto else None
 
 
 def load_tokenizer(folder: str | Path) -> Any:

@@ -13,15 +13,17 @@ iteration, as in HumanEval+); the other statements are setup. MBPP: one test per
 from __future__ import annotations
 
 import ast
+import builtins
 import json
 import re
+import sys
 import textwrap
 from functools import lru_cache
 from typing import Any
 
-from diffrl.rewards.extract import parse_python, python_blocks
+from diffrl.rewards.extract import parse_python, python_blocks, tail
 from diffrl.rewards.registry import PARSE_FAILURE, WRONG, Score, register_reward
-from diffrl.rewards.sandbox import SandboxLimits, SandboxResult, run_tests
+from diffrl.rewards.sandbox import ALL_LAYERS, SandboxLimits, SandboxResult, missing_verdict_layers, run_tests, sandbox_layers
 
 _MODES = ("fraction", "all")
 _CHECK_DEF = re.compile(r"^def check\(\s*\w+", re.MULTILINE)
@@ -44,6 +46,7 @@ def extract_code(text: str, entry_point: str | None = None) -> str:
     """The code in a completion: the last fenced Python block (preferring one that defines
     ``entry_point``, an unclosed final fence included), else MBPP's ``[BEGIN] 'code' [DONE]``,
     else the text itself up to any stray fence."""
+    text = tail(text)
     blocks = python_blocks(text)
     if blocks:
         defining = [b for b in blocks if entry_point and _defines(b, entry_point)]
@@ -151,18 +154,37 @@ def ground_truth_kind(row: dict[str, Any]) -> str:
     )
 
 
+@lru_cache(maxsize=512)
+def _free_names(asserts: tuple[str, ...]) -> list[str]:
+    """Names the asserts read but do not define and Python does not provide: what the checker
+    asks the candidate for (MBPP's function under test, a module the solution imported)."""
+    loaded, stored = [], set()
+    for source in asserts:
+        tree = parse_python(source)
+        for node in ast.walk(tree) if tree is not None else ():
+            if isinstance(node, ast.Name):
+                (stored.add(node.id) if isinstance(node.ctx, ast.Store) else loaded.append(node.id))
+    return [n for n in dict.fromkeys(loaded) if n not in stored and not hasattr(builtins, n)]
+
+
 def plan_for(completion: str, row: dict[str, Any]) -> dict[str, Any] | None:
-    """What the sandbox runs for one completion, or None if there is no parsable code in it."""
+    """What the sandbox runs for one completion, or None if there is no parsable code in it.
+
+    ``solution`` runs in the candidate process; ``context`` (the prompt's code), ``setup`` and
+    ``steps`` (the row's tests) run in the trusted checker, which gets the candidate's ``names``
+    through the data-only protocol and binds ``candidate`` to the test's ``bind_as`` parameter.
+    """
     if ground_truth_kind(row) == "asserts":
         solution = extract_code(completion)
-        plan = {"candidate": None, "bind_as": None, "setup": "", "steps": [{"code": a, "test": True} for a in _assert_list(row["reward_model"]["ground_truth"]) or []]}
+        asserts = tuple(_assert_list(row["reward_model"]["ground_truth"]) or [])
+        plan = {"context": "", "names": _free_names(asserts), "candidate": None, "bind_as": None, "setup": "", "steps": [{"code": a, "test": True} for a in asserts]}
     else:
         prompt = prompt_code(row)
         name = entry_point(prompt)
         code = extract_code(completion, name)
         solution = assemble_humaneval(prompt, code, name) if code.strip() else ""
         param, setup, steps = _check_steps(row["reward_model"]["ground_truth"])
-        plan = {"candidate": name, "bind_as": param, "setup": setup, "steps": steps}
+        plan = {"context": prompt, "names": [name], "candidate": name, "bind_as": param, "setup": setup, "steps": steps}
     if not solution.strip() or parse_python(solution) is None:
         return None
     return {"solution": solution, **plan}
@@ -184,6 +206,26 @@ def _check_row(row: dict[str, Any]) -> None:
         entry_point(prompt_code(row))
 
 
+@lru_cache(maxsize=2)
+def check_sandbox(allow_unsafe_code: bool) -> tuple[str, ...]:
+    """The sandbox layers this machine gives (probed once per process); refuses to go on without
+    the verdict isolation unless ``allow_unsafe_code``."""
+    layers = sandbox_layers()
+    missing = missing_verdict_layers()
+    if missing and not allow_unsafe_code:
+        raise ValueError(
+            f"the code reward's sandbox cannot keep the verdict out of the sample's reach on this machine (missing: {', '.join(missing)}; "
+            "it needs root for a uid and pid namespace of the checker's own); run as root, or set task.allow_unsafe_code=true to accept it"
+        )
+    return layers
+
+
+def report_layers(layers: tuple[str, ...]) -> None:
+    """One start-up line: the layers that hold and those this machine does not give."""
+    absent = [layer for layer in ALL_LAYERS if layer not in layers]
+    print(f"code reward sandbox: layers {', '.join(layers)}" + (f"; NOT available here: {', '.join(absent)}" if absent else ""), file=sys.stderr, flush=True)
+
+
 @register_reward("code", check_row=_check_row, pooled=True)
 def code_reward(
     completions: list[str],
@@ -193,16 +235,24 @@ def code_reward(
     cpu_seconds: int = 10,
     wall_seconds: float = 30.0,
     memory_mb: int = 2048,
+    disk_mb: int = 64,
+    allow_unsafe_code: bool = False,
 ) -> list[Score]:
-    """Run each completion's code against its row's tests in a sandbox (one process per sample).
+    """Run each completion's code against its row's tests in a sandbox (a checker and a
+    sandboxed candidate per sample).
 
     ``mode``: ``fraction`` (DiffuCoder/open-r1: share of tests passed) or ``all`` (pass@1: 1 only if
     every test passes). A sample that breaks a sandbox rule scores 0 (sandbox_violation), one that
-    runs out of time 0 (timeout), one without parsable code 0 (parse_failure).
+    runs out of time 0 (timeout), one without parsable code 0 (parse_failure). The first call
+    (the runner's start-up check, with no samples) prints the layers that hold and refuses to run
+    without verdict isolation unless ``allow_unsafe_code``.
     """
     if mode not in _MODES:
         raise ValueError(f"code reward mode {mode!r} is not one of {', '.join(_MODES)}")
-    limits = SandboxLimits(cpu_seconds=cpu_seconds, wall_seconds=wall_seconds, memory_mb=memory_mb)
+    layers = check_sandbox(bool(allow_unsafe_code))
+    if not completions:  # the runner's start-up call
+        report_layers(layers)
+    limits = SandboxLimits(cpu_seconds=cpu_seconds, wall_seconds=wall_seconds, memory_mb=memory_mb, disk_mb=disk_mb)
     scores = []
     for text, row in zip(completions, rows):
         plan = plan_for(text, row)

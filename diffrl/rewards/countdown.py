@@ -12,7 +12,7 @@ from collections import Counter
 from fractions import Fraction
 
 from diffrl.rewards.extract import answer_tag
-from diffrl.rewards.registry import PARSE_FAILURE, WRONG, Score, register_reward
+from diffrl.rewards.registry import PARSE_FAILURE, WRONG, Score, ground_truth_text, register_reward
 
 MAX_EXPRESSION_CHARS = 256
 _OPS = {ast.Add: Fraction.__add__, ast.Sub: Fraction.__sub__, ast.Mult: Fraction.__mul__, ast.Div: Fraction.__truediv__}
@@ -63,7 +63,7 @@ def _check_row(row: dict) -> None:
     if not numbers:
         raise ValueError("field 'extra_info.numbers' is empty; countdown needs the numbers to combine")
     try:
-        Fraction(str(row["reward_model"]["ground_truth"]).strip())
+        Fraction(ground_truth_text(row))
     except (TypeError, ValueError, ZeroDivisionError):
         raise ValueError(f"field 'reward_model.ground_truth' must be the target number, got {row['reward_model']['ground_truth']!r}") from None
 
@@ -73,7 +73,7 @@ def countdown_reward(completions: list[str], rows: list[dict]) -> list[Score]:
     """1 if the ``<answer>`` expression uses each given number exactly once and equals the target."""
     scores = []
     for text, row in zip(completions, rows):
-        target = Fraction(str(row["reward_model"]["ground_truth"]).strip())
+        target = Fraction(ground_truth_text(row))
         numbers = parse_numbers(row["extra_info"]["numbers"])
         expr = answer_tag(text)
         if expr is None:

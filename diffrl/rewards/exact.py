@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from diffrl.rewards.extract import EXTRACT_MODES, extract_answer
-from diffrl.rewards.registry import PARSE_FAILURE, WRONG, Score, register_reward
+from diffrl.rewards.registry import PARSE_FAILURE, WRONG, Score, ground_truth_text, register_reward
 
 
-@register_reward("exact_match")
+@register_reward("exact_match", check_row=lambda row: ground_truth_text(row) and None)
 def exact_match_reward(completions: list[str], rows: list[dict], *, extract: str | None = None) -> list[Score]:
     """1 if the (optionally extracted) completion equals ``reward_model.ground_truth``."""
     if extract is not None and extract not in EXTRACT_MODES:
@@ -17,6 +17,6 @@ def exact_match_reward(completions: list[str], rows: list[dict], *, extract: str
         if answer is None:
             scores.append(Score(0.0, PARSE_FAILURE))
             continue
-        same = " ".join(answer.split()) == " ".join(str(row["reward_model"]["ground_truth"]).split())
+        same = " ".join(answer.split()) == " ".join(ground_truth_text(row).split())
         scores.append(Score(1.0) if same else Score(0.0, WRONG))
     return scores

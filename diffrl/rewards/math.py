@@ -16,7 +16,7 @@ import threading
 from typing import Any
 
 from diffrl.rewards.extract import EXTRACT_MODES, extract_answer
-from diffrl.rewards.registry import PARSE_FAILURE, TIMEOUT, WRONG, Score, register_reward
+from diffrl.rewards.registry import PARSE_FAILURE, TIMEOUT, WRONG, Score, ground_truth_text, register_reward
 
 _PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _LATEX_MARKS = re.compile(r"[\\^_{}]")
@@ -76,8 +76,7 @@ def math_equal(prediction: str, ground_truth: str, timeout_seconds: int = 5) -> 
 
 
 def _check_row(row: dict[str, Any]) -> None:
-    if not str(row["reward_model"]["ground_truth"]).strip():
-        raise ValueError("field 'reward_model.ground_truth' is empty; the math reward needs the answer to compare with")
+    ground_truth_text(row)
 
 
 @register_reward("math", check_row=_check_row, pooled=True)
@@ -95,5 +94,5 @@ def math_reward(completions: list[str], rows: list[dict], *, extract: str = "aut
         if answer is None or not answer.strip():
             scores.append(Score(0.0, PARSE_FAILURE))
             continue
-        scores.append(math_equal(answer, str(row["reward_model"]["ground_truth"]), timeout_seconds))
+        scores.append(math_equal(answer, ground_truth_text(row), timeout_seconds))
     return scores

@@ -19,6 +19,7 @@ import struct
 import subprocess
 import sys
 import time
+import traceback
 import weakref
 from collections import deque
 from collections.abc import Sequence
@@ -26,7 +27,8 @@ from typing import Any, BinaryIO
 
 from diffrl.rewards.registry import REWARD_ERROR, TIMEOUT, Score
 
-# (reward function's module, registered name, kwargs, completion, row)
+# (where the reward comes from: its module, or the ``fn`` reference of a task entry; its
+# registered name; kwargs; completion; row)
 Task = tuple[str, str, dict[str, Any], str, dict[str, Any]]
 _HEADER = struct.Struct("<Q")
 _KILL_GRACE_S = 2.0
@@ -53,7 +55,7 @@ def serve() -> None:
     """A worker's loop: read a task, score it, write ``(Score, traceback | None)``; stop at EOF."""
     import importlib
 
-    from diffrl.rewards.registry import reward_entry, score_one
+    from diffrl.rewards.registry import RewardSpec, entry_for, reward_entry, score_one
 
     # Ctrl-C reaches the whole process group; the parent decides when workers stop. SIGTERM
     # (a sample past its deadline) unwinds, so a sandbox it was running is killed and removed.
@@ -64,11 +66,19 @@ def serve() -> None:
     tasks = sys.stdin.buffer
     while True:
         try:
-            module, name, kwargs, completion, row = _receive(tasks)
+            source, name, kwargs, completion, row = _receive(tasks)
         except EOFError:
             return
-        importlib.import_module(module)
-        _send(replies, score_one(reward_entry(name).fn, kwargs, completion, row))
+        try:
+            if ":" in source:
+                entry = entry_for(RewardSpec(name=name, fn=source))
+            else:
+                importlib.import_module(source)
+                entry = reward_entry(name)
+        except Exception:
+            _send(replies, (Score(0.0, REWARD_ERROR), traceback.format_exc()))
+            continue
+        _send(replies, score_one(entry, kwargs, completion, row))
 
 
 class _Worker:

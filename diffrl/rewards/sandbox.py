@@ -1,21 +1,28 @@
-"""Running untrusted test programs: one process per sample, in a fresh directory, under limits.
+"""Running untrusted test programs: a trusted checker and a sandboxed candidate per sample.
 
-:func:`run_tests` starts ``sandbox_boot.py`` (which isolates, limits and guards itself before it
-runs the program), reads at most ``output_bytes`` of its output, kills its whole process group at
-the wall-time deadline, and turns what happened into a :class:`SandboxResult`.
+:func:`run_tests` starts ``sandbox_boot.py``, which isolates itself and forks: the *checker* runs
+the row's tests and counts what passes; the *candidate* runs the sample's code and is only ever
+called through a data-only protocol (``sandbox_wire``), so nothing the sample does can reach the
+counters, the comparisons or the verdict. This process reads the verdict from a pipe only the
+checker holds, reads at most ``output_bytes`` of output, and kills everything at the wall-time
+deadline.
 
-Layers, strongest first (``SandboxResult.layers`` says which held for a run):
+Layers (``SandboxResult.layers`` says which held for a run; :func:`sandbox_layers` probes once):
 
-- ``netns``: a new network namespace with no interfaces (as root, or via a user namespace);
-- ``uid`` + ``nproc``: as root, the sample runs as a uid of its own (``UID_BASE`` + its pid), so
-  it cannot write outside its directory (file permissions), signal other processes, or exceed
-  ``max_processes``; leftovers of that uid are killed afterwards;
+- ``verdict``: checker and candidate in different uids and pid namespaces (root); ``split`` alone
+  (the checker in its own non-dumpable process) where the machine gives no more;
+- ``mntns`` + ``ro_root`` + ``disk_quota``: the candidate sees a read-only root holding only the
+  interpreter and system libraries, and writes only into a tmpfs of ``disk_mb`` / ``max_files``;
+- ``pidns``: the candidate is pid 1 of a namespace of its own, so killing it kills every process
+  it started, however fast they fork;
+- ``netns`` (+ ``ipcns``): no network, no abstract unix sockets; path sockets of the host are not
+  in its root;
+- ``uid`` + ``nproc``: a uid of its own (``UID_BASE`` + the boot's pid), no capabilities;
 - ``rlimits``: CPU seconds, address space, file size, open files, no core dumps;
-- ``pdeathsig``: the sample dies with the process that started it;
-- ``audit``: an audit hook refusing sockets, new processes, signals to others, ctypes, writes
-  outside the directory and other processes' /proc entries (a tripwire that also names the
-  violation; not a boundary on its own);
-- always: a scrubbed environment, the wall-time kill of the process group, the output cap.
+- ``pdeathsig``: the sandbox dies with the process that started it;
+- ``audit``: an audit hook refusing and naming sockets, new processes, ctypes, writes outside the
+  run folder (a tripwire, not a boundary);
+- always: a scrubbed environment, the wall-time kill, the output cap.
 """
 
 from __future__ import annotations
@@ -25,7 +32,6 @@ import os
 import selectors
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -39,8 +45,16 @@ from diffrl.rewards.registry import SANDBOX_VIOLATION, TIMEOUT, WRONG
 
 BOOT = Path(__file__).with_name("sandbox_boot.py")
 SETUP_FAILED = 121  # sandbox_boot's exit code when it could not set itself up
-# Per-run uids are UID_BASE + the sandbox's pid: unique among live runs, far from real users.
+# Per-run uids are UID_BASE + the boot's pid (candidate) and UID_BASE + 2**22 + that pid (checker;
+# pids stay below 2**22): unique among live runs, far from real users.
 UID_BASE = 2_000_000_000
+CHECKER_UID_OFFSET = 1 << 22
+# What must hold for the verdict to be out of the sample's reach; without it the code reward
+# refuses to run unless told ``allow_unsafe_code``.
+VERDICT_LAYERS = ("verdict",)
+# Every layer a run can report, strongest first (docs/rewards.md says what each stops).
+ALL_LAYERS = ("verdict", "split", "mntns", "ro_root", "disk_quota", "pidns", "netns", "ipcns", "uid", "nproc", "rlimits", "pdeathsig", "audit")
+_REASONS = ("", WRONG, TIMEOUT, SANDBOX_VIOLATION)
 _STDERR_KEPT = 4096
 _REPORT_MAX = 1 << 20
 _POLL_S = 0.1
@@ -52,13 +66,16 @@ class SandboxError(RuntimeError):
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Per-sample limits. ``wall_seconds`` covers interpreter start-up and imports too."""
+    """Per-sample limits. ``wall_seconds`` covers interpreter start-up and imports too;
+    ``disk_mb`` and ``max_files`` bound everything the sample writes, all files together."""
 
     cpu_seconds: int = 10
     wall_seconds: float = 30.0
     memory_mb: int = 2048
     max_processes: int = 16
     file_size_mb: int = 16
+    disk_mb: int = 64
+    max_files: int = 1024
     output_bytes: int = 1 << 20
 
 
@@ -72,29 +89,23 @@ class SandboxResult:
     reason: str
     detail: str
     layers: tuple[str, ...]
+    # The boot process's pid: the run's uids are UID_BASE + run_id (candidate) and
+    # UID_BASE + CHECKER_UID_OFFSET + run_id (checker), so a test can look for its own leftovers.
+    run_id: int = 0
 
 
-def _world_traversable(path: str) -> bool:
-    """Whether every directory from ``path`` up to / lets others in (o+x)."""
-    p = Path(path).resolve()
-    return all(os.stat(d).st_mode & stat.S_IXOTH for d in [p, *p.parents] if d.is_dir())
+def _python_dirs() -> list[str]:
+    """The folders the interpreter and its packages live in (bound read-only into the sandbox)."""
+    dirs = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))))}
+    kept = sorted(d for d in dirs if not any(d != o and d.startswith(o + os.sep) for o in dirs))
+    return [d for d in kept if d not in ("/", "/usr")]
 
 
-@lru_cache(maxsize=1)
-def _needs_read_capability() -> bool:
-    """Whether an unprivileged uid would be locked out of the interpreter, its libraries or the
-    boot script (e.g. a Python installed under /root, mode 700)."""
-    places = {os.path.dirname(os.path.realpath(sys.executable)), sys.prefix, sys.base_prefix, str(BOOT.parent)}
-    return not all(_world_traversable(p) for p in places)
-
-
-def _scrubbed_env(workdir: str) -> dict[str, str]:
+def _scrubbed_env() -> dict[str, str]:
     """Nothing of the parent's environment: a minimal PATH and locale, single-threaded BLAS."""
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "LANG": "C.UTF-8",
-        "HOME": workdir,
-        "TMPDIR": workdir,
         "PYTHONHASHSEED": "0",
         "OPENBLAS_NUM_THREADS": "1",
         "OMP_NUM_THREADS": "1",
@@ -118,10 +129,11 @@ def processes_of_uid(uid: int) -> list[int]:
     return found
 
 
-def _kill_uid(uid: int) -> None:
-    """SIGKILL every process of this run's uid (children that left the process group), sweeping
-    again until none is left: one may have forked between the scan and the kill."""
-    for _ in range(100):
+def _kill_uid(uid: int, deadline_s: float = 5.0) -> None:
+    """SIGKILL every process of a run's uid until none is left (used when the checker did not end
+    the run itself; with a pid namespace they are already dying and cannot fork)."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
         pids = processes_of_uid(uid)
         if not pids:
             return
@@ -131,15 +143,23 @@ def _kill_uid(uid: int) -> None:
             except ProcessLookupError:
                 pass
         time.sleep(0.01)
+    raise SandboxError(f"processes of sandbox uid {uid} survived SIGKILL: {processes_of_uid(uid)}")
 
 
-def _remove_tree(path: str) -> None:
-    """Remove the run directory even if the sample took its own permissions away."""
-    def unlock(func: Any, target: str, _exc: object) -> None:
-        os.chmod(os.path.dirname(target), 0o700)
-        func(target)
-
-    shutil.rmtree(path, onerror=unlock)
+def remove_tree(path: str) -> None:
+    """Remove a folder whatever the sample did to it: no permissions, trees thousands of levels
+    deep (``rm`` walks them without recursion limits)."""
+    if not os.path.lexists(path):
+        return
+    try:
+        os.rmdir(path)  # the usual case: the run's files lived in its own tmpfs, gone with it
+        return
+    except OSError:
+        pass
+    subprocess.run(["chmod", "-R", "u+rwx", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    subprocess.run(["rm", "-rf", "--one-file-system", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    if os.path.lexists(path):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass
@@ -166,7 +186,6 @@ def _collect(proc: subprocess.Popen, report_fd: int, limits: SandboxLimits) -> _
                 return got
             events = sel.select(min(remaining, _POLL_S))
             if not events and _exited(proc):
-                # Forked children may hold the pipes open; the sample itself is done.
                 return got
             for key, _ in events:
                 chunk = os.read(key.fd, 1 << 16)
@@ -189,65 +208,79 @@ def _exited(proc: subprocess.Popen) -> bool:
     return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
-def _classify(got: _Streams, returncode: int, limits: SandboxLimits) -> SandboxResult:
-    def fail(reason: str, detail: str) -> SandboxResult:
-        return SandboxResult(0, 0, reason, detail, layers)
+def _verdict(lines: list[bytes]) -> dict[str, Any] | None:
+    """The checker's verdict line, checked for shape (it comes from our own trusted process)."""
+    if len(lines) < 3:
+        return None
+    verdict = json.loads(lines[1])
+    ok = (
+        isinstance(verdict, dict)
+        and type(verdict.get("passed")) is int
+        and type(verdict.get("total")) is int
+        and 0 <= verdict["passed"] <= verdict["total"]
+        and verdict.get("reason") in _REASONS
+    )
+    if not ok:
+        raise SandboxError(f"malformed verdict from the checker: {lines[1][:200]!r}")
+    return verdict
 
+
+def _classify(got: _Streams, proc: subprocess.Popen, limits: SandboxLimits) -> SandboxResult:
     lines = got.report.split(b"\n")
     layers = tuple(json.loads(lines[0])) if len(lines) > 1 else ()
-    report = json.loads(lines[1]) if len(lines) > 2 else None
+
+    def fail(reason: str, detail: str) -> SandboxResult:
+        return SandboxResult(0, 0, reason, detail, layers, proc.pid)
 
     if got.over_output:
         return fail(SANDBOX_VIOLATION, f"printed more than {limits.output_bytes} bytes")
     if got.timed_out:
         return fail(TIMEOUT, f"still running after {limits.wall_seconds} s wall time")
-    if report is not None:
-        if report["violations"]:
-            return SandboxResult(0, report["total"], SANDBOX_VIOLATION, "; ".join(report["violations"]), layers)
-        if report["limit"] == "memory":
-            return SandboxResult(0, report["total"], SANDBOX_VIOLATION, f"ran out of its {limits.memory_mb} MB of memory", layers)
-        if report["limit"] == "file_size":
-            return SandboxResult(0, report["total"], SANDBOX_VIOLATION, f"wrote a file over {limits.file_size_mb} MB", layers)
-        detail = "; ".join(report["errors"][:3])
-        return SandboxResult(report["passed"], report["total"], "" if report["passed"] else WRONG, detail, layers)
-    if returncode == SETUP_FAILED:
-        raise SandboxError(f"the sandbox could not set itself up:\n{got.stderr.decode(errors='replace')}")
-    if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
-        return fail(TIMEOUT, f"used its {limits.cpu_seconds} s of CPU time")
-    how = f"signal {signal.Signals(-returncode).name}" if returncode < 0 else f"exit code {returncode}"
-    return fail(WRONG, f"exited ({how}) before the tests reported: {got.stderr.decode(errors='replace')[-500:]}")
+    verdict = _verdict(lines)
+    if verdict is not None:
+        return SandboxResult(verdict["passed"], verdict["total"], verdict["reason"], str(verdict.get("detail", "")), layers, proc.pid)
+    stderr = got.stderr.decode(errors="replace")
+    if proc.returncode == SETUP_FAILED:
+        raise SandboxError(f"the sandbox could not set itself up:\n{stderr}")
+    raise SandboxError(f"the checker ended (exit status {proc.returncode}) without a verdict:\n{stderr[-1000:]}")
 
 
 def run_tests(plan: dict[str, Any], limits: SandboxLimits = SandboxLimits(), *, audit: bool = True) -> SandboxResult:
-    """Run a test plan (see :func:`diffrl.rewards.code.plan_for`) in a fresh sandbox process.
+    """Run a test plan (see :func:`diffrl.rewards.code.plan_for`) in a fresh sandbox.
 
     ``audit=False`` leaves out the audit hook; tests use it to show which kernel layers hold alone.
     """
+    isolate = os.geteuid() == 0
+    # As root this folder is only the mount point of the sandbox's private root: nothing is
+    # ever written into it on the host side.
     workdir = tempfile.mkdtemp(prefix="diffrl-sandbox-")
-    privileged = os.geteuid() == 0
     report_r, report_w = os.pipe()
+    # The plan goes in as an unlinked file on stdin: only the checker reads it, nothing to clean up.
+    plan_file = tempfile.TemporaryFile(dir=workdir)
     try:
-        plan_file = os.path.join(workdir, ".plan.json")
-        with open(plan_file, "w", encoding="utf-8") as f:
-            json.dump(plan, f)
+        plan_file.write(json.dumps(plan).encode())
+        plan_file.seek(0)
         cfg = {
-            "plan_file": plan_file,
             "result_fd": report_w,
             "parent_pid": os.getpid(),
+            "root": workdir,
+            "isolate": isolate,
+            "python_dirs": _python_dirs(),
             "cpu_seconds": limits.cpu_seconds,
             "memory_mb": limits.memory_mb,
             "file_size_mb": limits.file_size_mb,
+            "disk_mb": limits.disk_mb,
+            "max_files": limits.max_files,
             "max_processes": limits.max_processes,
-            "drop_privileges": privileged,
             "uid_base": UID_BASE,
-            "keep_read_capability": privileged and _needs_read_capability(),
+            "checker_uid_base": UID_BASE + CHECKER_UID_OFFSET,
             "audit": audit,
         }
         proc = subprocess.Popen(
             [sys.executable, "-I", "-B", str(BOOT), json.dumps(cfg)],
             cwd=workdir,
-            env=_scrubbed_env(workdir),
-            stdin=subprocess.DEVNULL,
+            env=_scrubbed_env(),
+            stdin=plan_file,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             pass_fds=(report_w,),
@@ -258,24 +291,43 @@ def run_tests(plan: dict[str, Any], limits: SandboxLimits = SandboxLimits(), *, 
         try:
             got = _collect(proc, report_r, limits)
         finally:
-            _kill_group(proc, privileged)
-        return _classify(got, proc.returncode, limits)
+            _end(proc, isolate)
+        return _classify(got, proc, limits)
     finally:
         for fd in (report_r, report_w):
             if fd >= 0:
                 os.close(fd)
-        _remove_tree(workdir)
+        plan_file.close()
+        remove_tree(workdir)
 
 
-def _kill_group(proc: subprocess.Popen, privileged: bool) -> None:
-    """Kill the sample's process group (and, as root, anything left running under its uid)."""
+def _end(proc: subprocess.Popen, isolate: bool) -> None:
+    """Kill the checker (the candidate dies with it) and make sure nothing of the run is left."""
+    finished = proc.poll() is not None
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     proc.wait()
-    if privileged:
+    if isolate and not (finished and proc.returncode == 0):
+        # The checker did not end the run itself: the candidate (pid 1 of its namespace) dies of
+        # its death signal; wait until it and everything it started are gone.
         _kill_uid(UID_BASE + proc.pid)
     for stream in (proc.stdout, proc.stderr):
         if stream is not None:
             stream.close()
+
+
+@lru_cache(maxsize=1)
+def sandbox_layers() -> tuple[str, ...]:
+    """The layers that hold on this machine, from one trivial run (cached for the process)."""
+    plan = {"solution": "def f():\n    return 1\n", "context": "", "names": ["f"], "candidate": None, "bind_as": None, "setup": "", "steps": [{"code": "assert f() == 1", "test": True}]}
+    result = run_tests(plan, SandboxLimits(cpu_seconds=5, wall_seconds=30))
+    if (result.passed, result.total) != (1, 1):
+        raise SandboxError(f"the sandbox fails a trivial test on this machine: {result.reason} {result.detail}")
+    return result.layers
+
+
+def missing_verdict_layers() -> list[str]:
+    """The verdict-isolation layers this machine does not give (empty when the verdict is safe)."""
+    return [layer for layer in VERDICT_LAYERS if layer not in sandbox_layers()]

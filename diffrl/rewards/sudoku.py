@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from diffrl.rewards.extract import answer_tag
-from diffrl.rewards.registry import PARSE_FAILURE, WRONG, Score, register_reward
+from diffrl.rewards.registry import PARSE_FAILURE, WRONG, Score, ground_truth_text, register_reward
 
 # Separators a model may put between cells or rows.
 _SEPARATORS = re.compile(r"[\s,|+\-]")
@@ -47,7 +47,8 @@ def _units(side: int) -> list[list[int]]:
 def parse_grid(text: str, side: int) -> str | None:
     """The answer's N*N digits 1..N with separators removed, or None if it is not such a grid."""
     cells = _SEPARATORS.sub("", text)
-    if len(cells) != side * side or any(not c.isdigit() or not 1 <= int(c) <= side for c in cells):
+    # ASCII digits only: "²" or "١" pass str.isdigit() but are not cells (int("²") raises).
+    if len(cells) != side * side or any(not (c.isascii() and c.isdigit()) or not 1 <= int(c) <= side for c in cells):
         return None
     return cells
 
@@ -62,9 +63,9 @@ def is_solution(grid: str, puzzle: str, side: int) -> bool:
 def _check_row(row: dict[str, Any]) -> None:
     puzzle = str(row["extra_info"]["puzzle"])
     side = grid_side(puzzle)
-    if any(not c.isdigit() or int(c) > side for c in puzzle):
+    if any(not (c.isascii() and c.isdigit()) or int(c) > side for c in puzzle):
         raise ValueError(f"field 'extra_info.puzzle' must hold digits 0..{side} (0 = empty), got {puzzle!r}")
-    solution = str(row["reward_model"]["ground_truth"])
+    solution = ground_truth_text(row)
     if len(solution) != len(puzzle):
         raise ValueError(f"field 'reward_model.ground_truth' must be the solved grid of {len(puzzle)} digits, got {solution!r}")
 
@@ -86,7 +87,7 @@ def sudoku_reward(completions: list[str], rows: list[dict], *, partial: bool = F
             scores.append(Score(0.0, WRONG))
             continue
         if partial:
-            solution = str(row["reward_model"]["ground_truth"])
+            solution = ground_truth_text(row)
             empty = [i for i, p in enumerate(puzzle) if p == "0"]
             right = sum(grid[i] == solution[i] for i in empty)
             value = right / len(empty) if empty else float(is_solution(grid, puzzle, side))

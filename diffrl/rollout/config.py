@@ -80,6 +80,10 @@ class RolloutConfig:
     # Bidirectional caches are refreshed by a full forward when a block starts and, if > 0, on every
     # cache_refresh_steps-th step inside a block (1 = every step: equal to the uncached loop).
     cache_refresh_steps: int = 0
+    # A learned unmasking policy (arXiv 2512.09106): the folder an algorithm=unmasking_grpo run
+    # writes (final_unmasking_policy/). It decides which masked positions commit at each step in
+    # place of remasking/schedule/threshold/factor (null = the heuristic rule above).
+    unmasking_policy: str | None = None
     # Stop a sample once its first stop token is committed with nothing masked before it.
     stop_at_eos: bool = True
     # Base seed of every random draw (combined with each sample's id, step and position).
@@ -138,6 +142,9 @@ class RolloutConfig:
             raise ValueError("rollout.alg_temp samples the scheduled positions; it does not combine with rollout.threshold/factor")
         if self.max_post_steps < 0:
             raise ValueError(f"rollout.max_post_steps={self.max_post_steps} must be >= 0")
+        heuristics = [n for n in ("threshold", "factor", "early_commit_margin") if getattr(self, n) is not None] + (["alg_temp"] if self.alg_temp else [])
+        if self.unmasking_policy is not None and heuristics:
+            raise ValueError(f"rollout.unmasking_policy decides the commits itself; set {', '.join('rollout.' + n for n in heuristics)} to null")
         if self.max_post_steps and self.editing_threshold is None:
             raise ValueError("rollout.max_post_steps runs editing steps; set rollout.editing_threshold too, or leave it at 0")
 

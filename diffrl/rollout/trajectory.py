@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from diffrl.rollout import metrics
-from diffrl.trainer.distributed import all_gather_rows, all_gather_varying, current_rank
+from diffrl.collectives import all_gather_rows, all_gather_varying, current_rank
 
 # Kinds of per-sample fields (``field(metadata={"rows": kind})``):
 #   prompt    left-padded prompt columns (concatenation pads them to one width)
@@ -72,13 +72,18 @@ class EditLog:
         rows = torch.cat([log.row + off for log, off in zip(logs, offsets)])
         return cls(row=rows, **parts)
 
-    def remap(self, rows: Tensor, num_rows: int) -> "EditLog":
-        """The entries of batch rows ``rows``, renumbered to their places in ``rows``."""
-        new_row = torch.full((num_rows,), -1, dtype=torch.long, device=self.row.device)
-        new_row[rows.to(self.row.device)] = torch.arange(rows.numel(), device=self.row.device)
-        keep = new_row[self.row] >= 0
-        kept = {f.name: getattr(self, f.name)[keep] for f in fields(self)}
-        return replace(self, **{**kept, "row": new_row[kept["row"]]})
+    def entries(self, keep: Tensor) -> "EditLog":
+        """The entries where ``keep`` [len(self)] is True, rows unchanged."""
+        return EditLog(*(getattr(self, f.name)[keep] for f in fields(self)))
+
+    def remap(self, rows: Tensor, num_rows: int, to: Tensor | None = None) -> "EditLog":
+        """The entries of batch rows ``rows`` (of ``num_rows``), row ``rows[i]`` renumbered to
+        ``to[i]`` (default ``i``, its place in ``rows``)."""
+        device = self.row.device
+        new_row = torch.full((num_rows,), -1, dtype=torch.long, device=device)
+        new_row[rows.to(device)] = torch.arange(rows.numel(), device=device) if to is None else to.to(device)
+        kept = self.entries(new_row[self.row] >= 0)
+        return replace(kept, row=new_row[kept.row])
 
 
 @dataclass
@@ -91,6 +96,11 @@ class Rollout:
     that step and ``logprob`` its log-probability under the sampling distribution then. ``nfe``
     counts the forwards each sample took part in, ``nfe_cache`` those of them that (re)computed
     cached K/V (refreshes, block stores; each also decoded, so they are part of ``nfe``).
+
+    With a learned unmasking rule, ``unmask_logprob[b, s]`` is the log-probability of sample
+    ``b``'s commit decision at its step ``s`` (0 after its last step), ``unmask_features[b, s]``
+    the policy's input then [block, F] and ``unmask_commits[b, s]`` what it committed [block], so
+    the decisions can be rescored by an updated policy; without one they have width 0.
     """
 
     prompt_ids: Tensor = _rows(PROMPT)
@@ -102,8 +112,11 @@ class Rollout:
     fixed_mask: Tensor = _rows(RECORD)
     nfe: Tensor = _rows(RECORD)
     sample_ids: Tensor = _rows(IDENTITY)
-    stop_token_ids: tuple[int, ...] = ()
+    stop_token_ids: tuple[int, ...]
     nfe_cache: Tensor = _rows(RECORD, default=None)
+    unmask_logprob: Tensor = _rows(RECORD, default=None)
+    unmask_features: Tensor = _rows(RECORD, default=None)
+    unmask_commits: Tensor = _rows(RECORD, default=None)
     # Row-indexed, not one entry per row: every row operation renumbers it.
     edits: EditLog = None  # type: ignore[assignment]
     completion_mask: Tensor = field(init=False)
@@ -112,6 +125,13 @@ class Rollout:
         self.completion_mask = completion_mask(self.completion_ids, self.stop_token_ids)
         if self.nfe_cache is None:
             self.nfe_cache = torch.zeros_like(self.nfe)
+        rows, device = len(self), self.completion_ids.device
+        if self.unmask_logprob is None:
+            self.unmask_logprob = torch.zeros(rows, 0, device=device)
+        if self.unmask_features is None:
+            self.unmask_features = torch.zeros(rows, 0, 0, 0, device=device)
+        if self.unmask_commits is None:
+            self.unmask_commits = torch.zeros(rows, 0, 0, dtype=torch.bool, device=device)
         if self.edits is None:
             self.edits = EditLog.empty(self.completion_ids.device)
 
@@ -182,13 +202,10 @@ class Rollout:
             values = getattr(self, name).clone()
             values[dest] = getattr(new, name)[source]
             patched[name] = values
-        untouched = torch.ones(len(self), dtype=torch.bool, device=dest.device)
-        untouched[dest] = False
-        kept = self.edits.remap(untouched.nonzero().squeeze(1), len(self))
-        kept.row = untouched.nonzero().squeeze(1).to(kept.row.device)[kept.row]
-        moved = new.edits.remap(source, len(new))
-        moved.row = dest.to(moved.row.device)[moved.row]
-        return replace(self, **patched, edits=EditLog.cat([kept, moved]))
+        replaced = torch.zeros(len(self), dtype=torch.bool, device=self.edits.row.device)
+        replaced[dest.to(replaced.device)] = True
+        kept = self.edits.entries(~replaced[self.edits.row])
+        return replace(self, **patched, edits=EditLog.cat([kept, new.edits.remap(source, len(new), to=dest)]))
 
     def gather(self, device: torch.device) -> "Rollout":
         """Every rank's completions, their records and edits in rank order, for global metrics

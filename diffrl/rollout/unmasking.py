@@ -11,6 +11,9 @@ The engine only decodes the candidates, asks the rule, and writes what it chose.
 * Commit: the factor rule, else a threshold rule, else (Gumbel-)top-k on the remasking score; the
   early-commit margin may add every masked position of a confident block
   (:mod:`~diffrl.rollout.selection` holds the rules).
+* Learned (:class:`LearnedUnmaskingRule`): a small policy network reads the block's features and
+  commits each masked position with its own probability, at least one per step (no quota); its
+  decisions' log-probabilities are recorded for training (:mod:`~diffrl.rollout.unmasking_policy`).
 * Edit (LLaDA2.1): a decoded, non-fixed position whose new choice differs and is confident enough;
   once a block has no masks, up to ``max_post_steps`` more steps run while they change tokens.
 """
@@ -26,6 +29,7 @@ from diffrl.kernels import DecodeResult
 from diffrl.rollout.config import RolloutConfig
 from diffrl.rollout.schedule import BlockSchedule
 from diffrl.rollout.selection import commit_topk, decode_stats, dynamic_commit, factor_commit, remasking_scores, sample_topk, threshold_commit
+from diffrl.rollout.unmasking_policy import UnmaskingPolicy, block_features, decision_logprob, sample_decision
 
 
 @dataclass
@@ -46,6 +50,7 @@ class Candidates:
     logprob: Tensor
     score: Tensor
     margin: Tensor
+    entropy: Tensor
     uniform: Tensor
 
 
@@ -129,3 +134,39 @@ class BlockProgress:
     def record(self, rows: Tensor, committed: Tensor, edited: Tensor) -> None:
         """Rows ``rows`` took a step; a post step runs again only while the last one changed tokens."""
         self.changed[rows] = committed.any(1) | edited.any(1)
+
+
+@dataclass
+class Decision:
+    """One step of the learned rule for its rows: the policy's input [rows, block, F], the commits
+    it drew [rows, block] and their log-probability [rows]."""
+
+    features: Tensor
+    commits: Tensor
+    logprob: Tensor
+
+
+class LearnedUnmaskingRule(UnmaskingRule):
+    """The commit decision of a learned policy (paper: arXiv 2512.09106): per masked position a
+    Bernoulli draw with the policy's probability, keyed by the step's uniforms (so cached and
+    uncached loops draw alike), and at least one commit per step; the schedule is not used.
+    Edits (LLaDA2.1) stay the configured rule's. ``last`` holds the latest step's decision."""
+
+    def __init__(self, cfg: RolloutConfig, policy: UnmaskingPolicy) -> None:
+        super().__init__(cfg)
+        self.policy = policy
+        self.commits_at_least_one, self.needs_quota = True, False
+        self.max_steps = cfg.block_length + cfg.max_post_steps
+        self.last: Decision | None = None
+
+    def commit(self, step: Candidates, k: Tensor) -> Tensor:
+        features = block_features(step.masked, step.prob, step.margin, step.entropy)
+        logits = self.policy(features).to(step.prob.device)
+        commits = sample_decision(logits, step.masked, step.uniform)
+        self.last = Decision(features, commits, decision_logprob(logits, step.masked, commits).float())
+        return commits
+
+
+def make_rule(cfg: RolloutConfig, policy: UnmaskingPolicy | None) -> UnmaskingRule:
+    """The learned rule when a policy is given, else the configured heuristic."""
+    return UnmaskingRule(cfg) if policy is None else LearnedUnmaskingRule(cfg, policy)

@@ -82,7 +82,7 @@ def setup(cfg: Config, world: World) -> Run:
     policy, reference, scheduler = build_policy(model, cfg, model_dir)
     loader = PromptLoader(task.train_rows, cfg.trainer.batch_size, seed=cfg.trainer.seed, rank=world.rank, world_size=world.world_size)
     encoder = prompt_encoder(tokenizer, cfg.task, model.facts.pad_token_id)
-    rewards = RewardRunner(cfg.task.rewards)
+    rewards = RewardRunner(cfg.task.rewards, allow_unsafe_code=cfg.task.allow_unsafe_code)
     return Run(cfg, world, run_dir, model_dir, policy, reference, tokenizer, algorithm, scheduler, loader, encoder, rewards, task)
 
 

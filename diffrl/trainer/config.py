@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from diffrl.algorithms.registry import AlgorithmConfig, algorithm_entry, build_algorithm
+from diffrl.algorithms.unmasking_grpo import NAME as UNMASKING_GRPO
 from diffrl.errors import DiffrlConfigError
 from diffrl.kernels.dispatch import BACKENDS
 from diffrl.models.config import FactOverrides
@@ -77,8 +78,11 @@ class TaskConfig:
     # Drop training prompts longer than max_prompt_length tokens after the chat template (verl's
     # data.filter_overlong_prompts) instead of keeping their last tokens.
     filter_overlong_prompts: bool = False
-    # Rewards and their weights: [{name, weight, kwargs}].
+    # Rewards and their weights: [{name, weight, kwargs}], or your own function:
+    # [{fn: my_pkg.my_module:my_reward (or path/to/file.py:my_reward), weight, kwargs, pooled, bounds}].
     rewards: list[RewardSpec] = field(default_factory=list)
+    # Run the code reward even where the sandbox cannot keep its verdict out of the sample's reach.
+    allow_unsafe_code: bool = False
     # Dotted field holding a reference response, for supervised warm starts.
     sft_response_field: str = "extra_info.answer"
 
@@ -234,7 +238,8 @@ def to_config(cfg: DictConfig | dict[str, Any]) -> Config:
     config.algorithm = algorithm
     check_trainer(config.trainer)
     check_task(config.task)
-    if config.trainer.mode == "rl":
+    # unmasking_grpo trains the unmasking policy with the dLLM frozen, outside the dLLM's RL step.
+    if config.trainer.mode == "rl" and config.algorithm.name != UNMASKING_GRPO:
         check_algorithm(config, build_algorithm(config.algorithm))
     return config
 

@@ -15,7 +15,8 @@ from torch import Tensor
 
 from diffrl.algorithms.advantages import Outcome
 from diffrl.algorithms.registry import Algorithm
-from diffrl.trainer.distributed import World, all_gather_rows, all_gather_varying
+from diffrl.collectives import all_gather_rows, all_gather_varying
+from diffrl.trainer.distributed import World
 
 
 def gather_outcome(outcome: Outcome, device: torch.device) -> Outcome:

@@ -30,6 +30,7 @@ from diffrl.algorithms import PolicyBatch
 from diffrl.algorithms.advantages import Outcome
 from diffrl.algorithms.losses import token_weights
 from diffrl.algorithms.objective import PolicyObjective, UpdateTargets
+from diffrl.algorithms.unmasking_grpo import NAME as UNMASKING_GRPO
 from diffrl.rng import SEED_UPDATE, counter_hash
 from diffrl.trainer.build import Run, setup
 from diffrl.trainer.checkpoint import latest_checkpoint
@@ -163,6 +164,10 @@ def sequence_counts(run: Run, keep: Tensor, rows: Tensor) -> float | Tensor:
 
 def train(cfg: Config, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run a recipe to completion; returns the summary also written to ``summary.json``."""
+    if cfg.algorithm.name == UNMASKING_GRPO:
+        from diffrl.trainer.unmasking_policy import train_unmasking_policy  # trains the unmasking policy, not the dLLM
+
+        return train_unmasking_policy(cfg, resolved)
     run = setup(cfg, init_distributed(cfg.trainer.device))
     try:
         return _train(run, resolved)

@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from diffrl.errors import DiffrlConfigError
 from diffrl.models import DiffusionLM, load_pretrained
 from diffrl.trainer.config import LoraConfig
 
@@ -42,7 +43,7 @@ def lora_targets(model: DiffusionLM, names: list[str] | None = None) -> list[str
     unmatched = [w for w in wanted if not any(n == w or n.endswith("." + w) for n in linear)]
     if unmatched:
         leaves = sorted({n.rsplit(".", 1)[-1] for n in linear})
-        raise ValueError(
+        raise DiffrlConfigError(
             f"model.lora_target_modules entries {unmatched} match no linear layer inside the {model.facts.family} blocks; "
             f"the block linear layers are: {', '.join(leaves)}"
         )
@@ -76,7 +77,7 @@ def adapter_base(adapter_dir: str | Path, base_dir: str | Path | None = None) ->
 
     base = base_dir or PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path
     if not base:
-        raise ValueError(f"{adapter_dir}/adapter_config.json records no base model; pass the base checkpoint folder")
+        raise DiffrlConfigError(f"{adapter_dir}/adapter_config.json records no base model; pass the base checkpoint folder")
     return str(base)
 
 

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from diffrl.errors import DiffrlConfigError
 from diffrl.trainer.config import OptimConfig
 
 SCHEDULES = ("constant", "cosine", "linear")
@@ -23,7 +24,7 @@ def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, schedule: s
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     if schedule == "linear":
         return min_lr_ratio + (1 - min_lr_ratio) * (1 - progress)
-    raise ValueError(f"optim.lr_schedule={schedule!r} is not one of {', '.join(SCHEDULES)}")
+    raise DiffrlConfigError(f"optim.lr_schedule={schedule!r} is not one of {', '.join(SCHEDULES)}")
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int, lr: float | None = None) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:

@@ -23,6 +23,7 @@ def gather_rewards(rewards: RewardBatch, device: Any) -> RewardBatch:
         per_reward={k: all_gather_rows(v.to(device), device) for k, v in rewards.per_reward.items()},
         reasons={},
         errors=int(all_reduce_sum(rewards.errors, device).item()),
+        out_of_range=int(all_reduce_sum(rewards.out_of_range, device).item()),
     )
 
 

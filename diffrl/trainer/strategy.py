@@ -1,4 +1,5 @@
-"""The model as the chosen strategy runs it: the few calls the loop makes, whatever the backend.
+"""The model as the chosen strategy runs it: what each backend does differently, behind the typed
+calls of :class:`~diffrl.trainer.policy.Policy`.
 
 ``single`` is one process, or plain data parallel under torchrun (every rank holds the weights,
 gradients are all-reduced); ``fsdp2`` shards weights, gradients and optimizer state with

@@ -16,6 +16,7 @@ import time
 import torch
 
 from diffrl.algorithms.correctness import is_correct
+from diffrl.errors import DiffrlConfigError
 from diffrl.rollout.metrics import finalization_parallelism, kendall_tau
 from diffrl.trainer.build import Run
 from diffrl.trainer.distributed import all_reduce_sums
@@ -29,7 +30,7 @@ def validate(run: Run) -> dict[str, float]:
     cfg, world = run.cfg, run.world
     rows = run.task.val_rows[: cfg.trainer.val_size]
     if len(rows) < world.world_size:
-        raise ValueError(
+        raise DiffrlConfigError(
             f"trainer.val_size={cfg.trainer.val_size} leaves {len(rows)} validation rows for {world.world_size} ranks; "
             "give every rank at least one row (raise trainer.val_size or add task.val_files)"
         )
