@@ -19,7 +19,8 @@ OVERRIDES = {
     "igpo": ["algorithm.igpo.min_chunk_size=1", "algorithm.igpo.max_chunk_size=2", "algorithm.igpo.free_tail=2", "algorithm.correctness_reward=exact_match"],
     "gdpo": ["algorithm.gdpo.num_nodes=2"],
     # The filter has its own tests; here no group may be dropped, so the step always trains.
-    "lightning_rl": ["algorithm.lightning_rl.filter_tpf_threshold=0", "algorithm.lightning_rl.filter_all_wrong=false", "algorithm.beta=0.01"],
+    "lightning_rl": ["algorithm.lightning_rl.filter_tpf_threshold=0", "algorithm.lightning_rl.filter_all_wrong=false", "algorithm.beta=0.01",
+                     "algorithm.correctness_reward=exact_match"],
     "just_grpo": ["algorithm.just_grpo.rows_per_forward=16"],
     "spg": ["algorithm.spg.block_length=4"],
     "espo": ["algorithm.espo.num_mc=1"],

@@ -22,6 +22,8 @@ from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, register_algo
 class DiffuGRPOConfig(AlgorithmConfig):
     # Probability of masking each prompt token in the estimator's input (d1: 0.3 default, 0.15 in its run script).
     p_mask_prompt: float = 0.15
+    # Classifier-free guidance scale of the estimator (d1's cfg_scale, 0 in its training runs).
+    cfg_scale: float = 0.0
 
 
 @register_algorithm("diffu_grpo", DiffuGRPOConfig)
@@ -29,7 +31,7 @@ def build(cfg: DiffuGRPOConfig) -> Algorithm:
     return Algorithm(
         config=cfg,
         # log pi(y|q) ~= sum_i log p(y^i | q~, M...M), q~ = q with tokens masked at p_mask_prompt
-        estimator=OneStepMeanField(p_mask_prompt=cfg.p_mask_prompt),
+        estimator=OneStepMeanField(p_mask_prompt=cfg.p_mask_prompt, cfg_scale=cfg.cfg_scale),
         # A_i = r_i - mean_j r_j over the group
         advantage=reward_advantages("group_mean", cfg.scale_rewards),
         # -min(rho A, clip(rho, 1-eps, 1+eps_high) A) + beta k3

@@ -22,6 +22,7 @@ from diffrl.kernels import selected_logprobs
 from diffrl.models.base import DiffusionLM
 from diffrl.models.masks import positions_from_mask, two_stream_block_mask
 from diffrl.rng import STREAM_COMPLETION_MASK, STREAM_PROMPT_MASK, STREAM_TIME, counter_uniform
+from diffrl.rollout.selection import ranks
 
 
 @dataclass
@@ -77,12 +78,20 @@ class OneStepMeanField:
     ``p_mask_prompt``, one forward; log p(y) is approximated by the sum of per-token log-probs."""
 
     p_mask_prompt: float = 0.0
+    # d1's classifier-free guidance: logits_un + (cfg_scale + 1)(logits - logits_un), with
+    # logits_un from a second pass whose prompt is all M (0 = one pass, no guidance).
+    cfg_scale: float = 0.0
 
     def __call__(self, model: DiffusionLM, batch: PolicyBatch, seed: int) -> TokenScores:
         mask_id = model.facts.mask_token_id
         prompt = masked_prompt(batch, seed, self.p_mask_prompt, mask_id)
-        noisy = torch.cat((prompt, torch.full_like(batch.completion_ids, mask_id)), dim=1)
-        hidden = denoiser_hidden(model, noisy, batch.input_ids, batch.key_mask)[:, prompt.shape[1] :]
+        completion = torch.full_like(batch.completion_ids, mask_id)
+        hidden = denoiser_hidden(model, torch.cat((prompt, completion), dim=1), batch.input_ids, batch.key_mask)[:, prompt.shape[1] :]
+        if self.cfg_scale > 0:
+            blank = torch.full_like(prompt, mask_id)
+            unconditional = denoiser_hidden(model, torch.cat((blank, completion), dim=1), batch.input_ids, batch.key_mask)[:, prompt.shape[1] :]
+            # The LM head is linear (no bias is read), so guiding the hidden state guides the logits.
+            hidden = unconditional + (self.cfg_scale + 1) * (hidden - unconditional)
         logp, entropy = score_tokens(model, hidden, batch.completion_ids, batch.completion_mask)
         return TokenScores(logp=logp, mask=batch.completion_mask, entropy=entropy)
 
@@ -167,10 +176,15 @@ class MonteCarloELBO:
     num_nodes: int = 3
     masks_per_node: int = 1
     time_sampling: str = "gauss"
+    # bernoulli: each token masked with probability t; exact: exactly round(t x |y|) tokens
+    # (the lowest keyed uniforms), as the GDPO port says its reference does.
+    mask_count: str = "bernoulli"
 
     def __post_init__(self) -> None:
         if self.time_sampling not in ("gauss", "uniform"):
             raise ValueError(f"time_sampling={self.time_sampling!r} is not one of gauss, uniform")
+        if self.mask_count not in ("bernoulli", "exact"):
+            raise ValueError(f"mask_count={self.mask_count!r} is not one of bernoulli, exact")
         if self.num_nodes < 1 or self.masks_per_node < 1:
             raise ValueError("num_nodes and masks_per_node must be >= 1")
 
@@ -195,12 +209,22 @@ class MonteCarloELBO:
         for n in range(self.num_nodes):
             tn = t[:, n : n + 1]
             for k in range(self.masks_per_node):
-                masked = completion_uniforms(batch, seed, n, k) < tn
+                masked = self.draw_mask(batch, seed, n, k, tn)
                 logp, ent = score_noisy_rows(model, batch, rows, masked, masked & mask)
                 total = total + (w[:, n : n + 1] / self.masks_per_node / tn).float() * logp
                 entropy, times_masked = entropy + ent, times_masked + masked.float()
         # The entropy metric: the mean over the draws in which the token was masked.
         return TokenScores(logp=total, mask=mask, entropy=entropy / times_masked.clamp_min(1))
+
+    def draw_mask(self, batch: PolicyBatch, seed: int, node: int, draw: int, t: Tensor) -> Tensor:
+        """Mask [B, Lc] of draw ``draw`` at node ``node`` (t [B, 1]): u < t per token, or exactly
+        round(t x |y|) of each row's completion tokens, those with the lowest u."""
+        u = completion_uniforms(batch, seed, node, draw)
+        if self.mask_count == "bernoulli":
+            return u < t
+        count = torch.round(t * batch.completion_mask.sum(1, keepdim=True))
+        order = ranks(torch.where(batch.completion_mask, -u.double(), float("-inf")))
+        return (order < count) & batch.completion_mask
 
 
 @dataclass
@@ -215,6 +239,8 @@ class AutoregressiveLikelihood:
     """
 
     rows_per_forward: int = 64
+    # The learner's temperature: logits divided by it, as the sampler's were (1 = raw logits).
+    temperature: float = 1.0
 
     def rows(self, model: DiffusionLM, batch: PolicyBatch) -> tuple[Tensor, Tensor, Tensor]:
         """(sample of each row [R], masked [R, Lc], scored [R, Lc])."""
@@ -234,15 +260,18 @@ class AutoregressiveLikelihood:
 
     def __call__(self, model: DiffusionLM, batch: PolicyBatch, seed: int) -> TokenScores:
         samples, masked, scored = self.rows(model, batch)
-        logp, entropy = score_disjoint_rows(model, batch, samples, masked, scored, self.rows_per_forward)
+        logp, entropy = score_disjoint_rows(model, batch, samples, masked, scored, self.rows_per_forward, temperature=self.temperature)
         return TokenScores(logp=logp, mask=batch.completion_mask, entropy=entropy)
 
 
-def score_disjoint_rows(model: DiffusionLM, batch: PolicyBatch, samples: Tensor, masked: Tensor, scored: Tensor, rows_per_forward: int) -> tuple[Tensor, Tensor]:
+def score_disjoint_rows(
+    model: DiffusionLM, batch: PolicyBatch, samples: Tensor, masked: Tensor, scored: Tensor, rows_per_forward: int, temperature: float = 1.0
+) -> tuple[Tensor, Tensor]:
     """(logp, entropy) [B, Lc] from noisy rows that each score their own tokens: row r is sample
     ``samples[r]`` with ``masked[r]`` replaced by M, scored at ``scored[r]``; no token is scored by
     two rows of one sample. Rows go ``rows_per_forward`` at a time, and under grad each chunk is
-    recomputed in the backward, so memory holds one chunk's activations."""
+    recomputed in the backward, so memory holds one chunk's activations; ``temperature`` divides
+    the logits (JustGRPO's learner temperature)."""
     parts = []
     for s in range(0, samples.numel(), rows_per_forward):
         chunk = slice(s, s + rows_per_forward)
@@ -254,7 +283,7 @@ def score_disjoint_rows(model: DiffusionLM, batch: PolicyBatch, samples: Tensor,
     hidden = torch.cat(parts)
     row, pos = scored.nonzero(as_tuple=True)
     sample = samples[row]
-    lp, ent = selected_logprobs(hidden, model.lm_head.weight, batch.completion_ids[sample, pos])
+    lp, ent = selected_logprobs(hidden, model.lm_head.weight, batch.completion_ids[sample, pos], temperature=temperature)
     logp = torch.zeros(batch.completion_mask.shape, dtype=lp.dtype, device=lp.device).index_put((sample, pos), lp)
     return logp, torch.zeros_like(logp).index_put((sample, pos), ent.detach())
 

@@ -26,6 +26,8 @@ class GDPOKnobs:
     masks_per_node: int = 1
     # gauss: semi-deterministic Monte Carlo; uniform: double Monte Carlo (t ~ U(0, 1)).
     time_sampling: str = "gauss"
+    # bernoulli (each token masked with probability t) or exact (round(t x |y|) tokens).
+    mask_count: str = "bernoulli"
 
 
 @dataclass
@@ -41,7 +43,7 @@ def build(cfg: GDPOConfig) -> Algorithm:
     return Algorithm(
         config=cfg,
         # L = sum_n w_n (1/K) sum_k (1/t_n) sum_i 1[masked] log p(y^i | y_{t_n,k}, q)
-        estimator=MonteCarloELBO(num_nodes=knobs.num_nodes, masks_per_node=knobs.masks_per_node, time_sampling=knobs.time_sampling),
+        estimator=MonteCarloELBO(num_nodes=knobs.num_nodes, masks_per_node=knobs.masks_per_node, time_sampling=knobs.time_sampling, mask_count=knobs.mask_count),
         advantage=reward_advantages("group_mean", cfg.scale_rewards),
         # -min(r_g A_g, clip(r_g, 1 - eps, 1 + eps_high) A_g), r_g = exp((L - L_old) / |y_g|)
         loss=cfg.clipped_loss(ratio_level="sequence"),

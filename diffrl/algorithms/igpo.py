@@ -25,7 +25,7 @@ from torch import Tensor
 from diffrl.algorithms.advantages import Outcome, reward_advantages
 from diffrl.algorithms.batch import PolicyBatch
 from diffrl.algorithms.estimators import OneStepMeanField, TokenScores
-from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, RolloutContext, register_algorithm
+from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, Needs, RolloutContext, register_algorithm
 from diffrl.rollout.selection import ranks
 from diffrl.rollout.trajectory import Rollout
 
@@ -92,6 +92,12 @@ def hint_tokens(trace: list[int], length: int, ratio: float, knobs: IGPOKnobs, g
     return out
 
 
+def group_key(rollout: Rollout, group: int, group_size: int) -> int:
+    """A group's draws are keyed by its first sample id (global), not its index on this rank, so a
+    group gets the same hints whichever rank holds it."""
+    return int(rollout.sample_ids[group * group_size])
+
+
 def inpaint_failed_groups(rollout: Rollout, outcome: Outcome, ctx: RolloutContext, knobs: IGPOKnobs) -> tuple[Rollout, Tensor]:
     """Regenerate every all-wrong group with hints; up to max_replacements correct inpainted
     samples overwrite the group's first slots. Returns the rollout and the replaced rows."""
@@ -103,7 +109,7 @@ def inpaint_failed_groups(rollout: Rollout, outcome: Outcome, ctx: RolloutContex
     length = rollout.completion_ids.shape[1]
     rows, hints = [], []
     for group in failed:
-        gen = torch.Generator().manual_seed(ctx.seed + group)
+        gen = torch.Generator().manual_seed(ctx.seed + group_key(rollout, group, g))
         trace = ctx.tokenize(ctx.reference_text(group * g))
         ratios = (knobs.inpaint_ratio_low + (knobs.inpaint_ratio_high - knobs.inpaint_ratio_low) * torch.rand(g, generator=gen)).sort().values
         hints += [hint_tokens(trace, length, float(r), knobs, gen) for r in ratios]
@@ -113,7 +119,7 @@ def inpaint_failed_groups(rollout: Rollout, outcome: Outcome, ctx: RolloutContex
     correct = ctx.correct(new, index).view(len(failed), g)
     source, dest = [], []
     for i, group in enumerate(failed):
-        gen = torch.Generator().manual_seed(ctx.seed + group)
+        gen = torch.Generator().manual_seed(ctx.seed + group_key(rollout, group, g))
         wins = correct[i].nonzero().squeeze(1)
         chosen = wins[torch.randperm(wins.numel(), generator=gen)[: knobs.max_replacements].to(wins.device)]
         source += (i * g + chosen).tolist()
@@ -149,4 +155,6 @@ def build(cfg: IGPOConfig) -> Algorithm:
         loss=cfg.clipped_loss(ratio_level="sequence" if knobs.use_gspo else "token"),
         repair=partial(inpaint_failed_groups, knobs=knobs),
         token_filter=partial(entropy_filter, ratio=knobs.entropy_clipping_ratio),
+        # Inpaints failed (all-wrong) groups with the row's reference answer.
+        needs=Needs(correctness=True, reference_answer=True),
     )

@@ -18,7 +18,8 @@ from torch import Tensor
 
 from diffrl.algorithms.advantages import Outcome, reward_advantages
 from diffrl.algorithms.estimators import AutoregressiveLikelihood
-from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, register_algorithm
+from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, Needs, register_algorithm
+from diffrl.errors import DiffrlConfigError
 from diffrl.rollout.config import RolloutConfig
 
 
@@ -27,6 +28,13 @@ class JustGRPOKnobs:
     # Likelihood rows per batched forward (each row scores one position, or one in-block offset of
     # every block on block-causal models); bounds the memory of one forward.
     rows_per_forward: int = 64
+    # Loss normaliser: micro_step (the reference: 1 / (L x n_valid) per accumulation micro-step of
+    # micro_step_prompts prompts over all ranks, their gradients summed) or global (1 / (L x n_valid)
+    # over the whole batch).
+    normalizer: str = "micro_step"
+    micro_step_prompts: int = 8
+    # Logits are divided by this when scoring (the reference: its rollout temperature, 1.0).
+    learner_temperature: float = 1.0
 
 
 @dataclass
@@ -51,16 +59,30 @@ def groups_with_signal(outcome: Outcome) -> Tensor:
     return (grouped.amax(1) > grouped.amin(1)).repeat_interleave(outcome.group_size) & outcome.keep
 
 
+NORMALIZERS = ("micro_step", "global")
+
+
 @register_algorithm("just_grpo", JustGRPOConfig)
 def build(cfg: JustGRPOConfig) -> Algorithm:
+    knobs = cfg.just_grpo
+    if knobs.normalizer not in NORMALIZERS:
+        raise DiffrlConfigError(f"algorithm.just_grpo.normalizer={knobs.normalizer!r} is not one of {', '.join(NORMALIZERS)}")
+    if knobs.learner_temperature <= 0:
+        raise DiffrlConfigError(
+            f"algorithm.just_grpo.learner_temperature={knobs.learner_temperature} must be positive (it divides the logits); "
+            "sample with rollout.temperature > 0, as the reference does (1.0)"
+        )
     return Algorithm(
         config=cfg,
-        # log pi(y|q) = sum_i log p(y^i | q, y^{<i}, M...M)
-        estimator=AutoregressiveLikelihood(rows_per_forward=cfg.just_grpo.rows_per_forward),
+        # log pi(y|q) = sum_i log p(y^i | q, y^{<i}, M...M), logits / T
+        estimator=AutoregressiveLikelihood(rows_per_forward=knobs.rows_per_forward, temperature=knobs.learner_temperature),
         # A_i = (r_i - mean) / (std + 1e-4)
         advantage=reward_advantages("group_mean", cfg.scale_rewards),
         # -min(rho A, clip(rho) A) / (L n_valid); rho = 1 on-policy
         loss=cfg.clipped_loss(),
         rollout_config=autoregressive_order,
         keep=groups_with_signal,
+        needs=Needs(left_to_right=True),
+        # sum_k 1 / (L n_valid,k) sum_{i in micro-step k} (the reference's accumulation)
+        normaliser_prompts=knobs.micro_step_prompts if knobs.normalizer == "micro_step" else None,
     )

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from diffrl.algorithms.advantages import Outcome, min_max, z_score
 from diffrl.algorithms.estimators import OneStepMeanField
-from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, NLLTerm, register_algorithm
+from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, Needs, NLLTerm, register_algorithm
 
 TPF_NORMS = ("z_score", "minmax", "none")
 ADV_NORMS = ("batch", "prompt_group", "prompt_group_center")
@@ -110,4 +110,6 @@ def build(cfg: LightningRLConfig) -> Algorithm:
         loss=cfg.clipped_loss(log_ratio_clamp=knobs.log_ratio_clamp),
         keep=partial(tpf_aware_keep, knobs=knobs),
         nll=NLLTerm(coef=knobs.nll_loss_weight, samples=accurate) if knobs.nll_loss_weight > 0 else None,
+        # Accuracy and TPF are its two rewards; a group whose TPF never varies is filtered out.
+        needs=Needs(correctness=True, varying_tpf=True),
     )

@@ -18,7 +18,7 @@ def token_weights(
     micro_batch_size: int,
     max_completion_length: int,
     global_tokens: float | None = None,
-    global_sequences: float | None = None,
+    global_sequences: float | Tensor | None = None,
     world_size: int = 1,
 ) -> Tensor:
     """Weights [B, L] whose dot product with per-token losses gives TRL's ``loss_type`` reductions.
@@ -28,12 +28,17 @@ def token_weights(
       and over the ``world_size`` ranks (each rank's micro-batches are its own).
     - ``dr_grpo``: token sum over (sequences x ``max_completion_length``) (Dr. GRPO).
     - ``dapo``: token mean over the whole (global) batch.
-    ``global_tokens`` / ``global_sequences`` are the counts over all ranks (default: local).
+    ``global_tokens`` / ``global_sequences`` are the counts over all ranks (default: local);
+    ``global_sequences`` may be a per-row count [B, 1] (each row normalised within its own set of
+    sequences, e.g. JustGRPO's accumulation micro-steps).
     """
     m = mask.float()
     # A batch whose every sample was dropped (no group with reward variance) trains nothing:
     # its weights are zeros, not 0/0.
-    n_seq = max(float(global_sequences if global_sequences is not None else mask.shape[0]), 1.0)
+    if isinstance(global_sequences, Tensor):
+        n_seq: float | Tensor = global_sequences.float().clamp_min(1.0)
+    else:
+        n_seq = max(float(global_sequences if global_sequences is not None else mask.shape[0]), 1.0)
     if loss_type == "grpo":
         return m / m.sum(1, keepdim=True).clamp_min(1) / n_seq
     if loss_type == "dapo":

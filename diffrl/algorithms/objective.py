@@ -45,7 +45,7 @@ class UpdateTargets:
     ref_logp: Tensor | None = None
     nll_weights: Tensor | None = None
 
-    def select(self, index: slice) -> "UpdateTargets":
+    def select(self, index: Tensor | slice) -> "UpdateTargets":
         """Rows ``index`` of every target."""
         return replace(self, **{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index] for f in fields(self)})
 

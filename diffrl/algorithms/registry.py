@@ -4,7 +4,7 @@ rollout hooks (decode order, group repair, group filter, token filter, an NLL te
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -42,8 +42,14 @@ class AlgorithmConfig:
     # Reward scaling in the advantage: group, batch or none.
     scale_rewards: str = "none"
     # The reward (a task reward's name) whose positive value marks a sample correct, for the rules
-    # that need correctness (IGPO's trigger, LightningRL's accuracy and NLL); null = total reward > 0.
+    # that need correctness (IGPO's trigger, LightningRL's accuracy and NLL); null = total reward > 0,
+    # refused for those algorithms when the task has several rewards.
     correctness_reward: str | None = None
+    # TRL's reference-model sync: every ref_model_sync_steps steps the KL reference becomes
+    # alpha x policy + (1 - alpha) x reference (DiffuCoder: 64 and 0.6).
+    sync_ref_model: bool = False
+    ref_model_sync_steps: int = 512
+    ref_model_mixup_alpha: float = 0.6
 
     def clipped_loss(self, **options: Any) -> Callable[..., tuple[Tensor, dict[str, Tensor]]]:
         """:func:`~diffrl.algorithms.losses.clipped_policy_loss` with this config's ``epsilon``,
@@ -64,6 +70,26 @@ class RolloutContext:
     seed: int
 
 
+@dataclass(frozen=True)
+class Needs:
+    """What an algorithm needs from the run, so start-up can refuse settings that would silently
+    void it (see :func:`diffrl.trainer.guards.check_algorithm`)."""
+
+    # Reads which samples are correct (Outcome.correct): a task with several rewards must name
+    # the correctness reward.
+    correctness: bool = False
+    # Normalises within groups of num_generations samples: a group of one has no signal.
+    groups: bool = True
+    # Rewards tokens per forward: the rollout must be able to decode a varying number per step.
+    varying_tpf: bool = False
+    # Reads each row's reference answer (task.sft_response_field).
+    reference_answer: bool = False
+    # Its likelihood is exact only for a left-to-right decode.
+    left_to_right: bool = False
+    # Whether a KL term (beta > 0) is defined on its estimator.
+    kl: bool = True
+
+
 @dataclass
 class NLLTerm:
     """An extra ``coef`` x token-mean NLL over the completions of the samples ``samples`` picks."""
@@ -81,6 +107,7 @@ class Algorithm:
     samples after scoring (returns the rollout and the index of rows it replaced);
     ``keep`` drops samples from the update (their weight becomes 0); ``token_filter`` chooses which
     scored tokens train, from the estimator's scores before the update; ``nll`` adds an NLL term.
+    ``needs`` says what the run must provide (checked at start-up).
     """
 
     config: AlgorithmConfig
@@ -92,6 +119,10 @@ class Algorithm:
     keep: Callable[[Outcome], Tensor] | None = None
     token_filter: Callable[[TokenScores, PolicyBatch], Tensor] | None = None
     nll: NLLTerm | None = None
+    needs: Needs = field(default_factory=Needs)
+    # Prompts (over all ranks) per set of sequences a grpo/dr_grpo loss is normalised over, each
+    # set's gradient summed (JustGRPO's accumulation micro-steps); None = the whole mini-batch.
+    normaliser_prompts: int | None = None
 
 
 _REGISTRY: dict[str, tuple[type[AlgorithmConfig], Callable[[Any], Algorithm]]] = {}
@@ -134,6 +165,13 @@ def algorithm_entry(name: str) -> tuple[type[AlgorithmConfig], Callable[[Any], A
         known = sorted([*_REGISTRY, *_OTHER_MODES])
         raise ValueError(f"algorithm.name={name!r} is not registered; known: {', '.join(known)}")
     return _REGISTRY[name]
+
+
+def registered_algorithms() -> list[str]:
+    """Every registered algorithm's name, sorted."""
+    import diffrl.algorithms  # noqa: F401  (registers the built-in algorithms)
+
+    return sorted(_REGISTRY)
 
 
 def build_algorithm(config: AlgorithmConfig) -> Algorithm:

@@ -97,6 +97,9 @@ class RolloutConfig:
     stop_at_eos: bool = True
     # Base seed of every random draw (combined with each sample's id, step and position).
     seed: int = 0
+    # Classifier-free guidance (d1's cfg_scale): logits_un + (cfg_scale + 1)(logits - logits_un),
+    # logits_un from a second forward with the prompt all M (0 = off; needs kv_cache none).
+    cfg_scale: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_completion_length <= 0 or self.block_length <= 0:
@@ -126,6 +129,8 @@ class RolloutConfig:
             raise ValueError(f"rollout.cache_refresh_steps={self.cache_refresh_steps} must be >= 0")
         if self.cache_refresh_steps and self.kv_cache == "none":
             raise ValueError("rollout.cache_refresh_steps only applies to a cache; set rollout.kv_cache=prefix or dual, or leave it at 0")
+        if self.cfg_scale < 0 or (self.cfg_scale > 0 and self.kv_cache != "none"):
+            raise ValueError(f"rollout.cfg_scale={self.cfg_scale} must be >= 0, and guidance (> 0) runs without a KV cache (rollout.kv_cache=none)")
 
     def _check_parallel(self) -> None:
         for name in ("threshold", "editing_threshold", "early_commit_margin"):

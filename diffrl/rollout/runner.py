@@ -26,8 +26,8 @@ def unique_rows(x: Tensor) -> tuple[Tensor, Tensor]:
 class Runner:
     """Packs windows of the canvas into forwards and keeps the per-sample forward counts."""
 
-    def __init__(self, model: DiffusionLM, canvas: Canvas, cache: CachePlan, num_rows: int) -> None:
-        self.model, self.canvas, self.cache = model, canvas, cache
+    def __init__(self, model: DiffusionLM, canvas: Canvas, cache: CachePlan, num_rows: int, cfg_scale: float = 0.0) -> None:
+        self.model, self.canvas, self.cache, self.cfg_scale = model, canvas, cache, cfg_scale
         device = canvas.tokens.device
         self.buffer = KVBuffer(num_rows, canvas.width) if cache.uses_buffer else None
         # Buffer row of each batch row (-1 once the row has left).
@@ -65,6 +65,8 @@ class Runner:
         fwd = rows[local]
         if self.buffer is None:
             hidden = self.model(c.tokens[fwd, :end], c.key_mask[fwd, :end])
+            if self.cfg_scale > 0:
+                hidden = self._guided(hidden, c.tokens[fwd, :end], c.key_mask[fwd, :end])
         else:
             q_cols = torch.arange(start, end, device=rows.device)
             mask = self.model.build_mask(c.key_mask[fwd, : window.key_end], end - start, q_cols)
@@ -74,6 +76,14 @@ class Runner:
             self.buffer.bind(read=self._slots(fwd), write=self._slots(rows), expand=expand, window=window)
             hidden = self.model(c.tokens[fwd, start:end], mask, position_ids=c.positions[fwd, start:end], cache=self.buffer)
         return hidden if expand is None else hidden[expand]
+
+    def _guided(self, hidden: Tensor, tokens: Tensor, key_mask: Tensor) -> Tensor:
+        """d1's guidance, h_un + (cfg_scale + 1)(h - h_un), with h_un from the prompt all M: the
+        LM head is linear (no bias is read), so this guides the logits."""
+        blank = tokens.clone()
+        blank[:, : self.canvas.prompt_width] = self.model.facts.mask_token_id
+        unconditional = self.model(blank, key_mask)
+        return unconditional + (self.cfg_scale + 1) * (hidden - unconditional)
 
     def _slots(self, rows: Tensor) -> Tensor | None:
         """Buffer rows of batch rows ``rows``; None when that is every buffer row in order."""

@@ -21,6 +21,7 @@ from diffrl.models.tokenizer import load_tokenizer
 from diffrl.rewards import RewardRunner, RewardSpec, check_row, required_fields
 from diffrl.trainer.config import Config, ModelConfig, TaskConfig
 from diffrl.trainer.distributed import World, barrier
+from diffrl.trainer.guards import check_reference_answers
 from diffrl.trainer.lora import apply_lora, lora_targets
 from diffrl.trainer.policy import AdapterOff, FrozenCopy, Policy, Reference
 from diffrl.trainer.strategy import build_strategy
@@ -72,7 +73,9 @@ def setup(cfg: Config, world: World) -> Run:
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.trainer.seed + world.rank)
     set_backend(cfg.trainer.kernels)
-    task = prepare_task(cfg.task, run_dir, world)
+    algorithm = build_algorithm(cfg.algorithm)
+    answers = cfg.task.sft_response_field if cfg.trainer.mode == "rl" and algorithm.needs.reference_answer else None
+    task = prepare_task(cfg.task, run_dir, world, answer_field=answers)
     model_dir = prepare_model_folder(cfg.model, task, run_dir, world)
     tokenizer = load_tokenizer(model_dir)
     model = load_pretrained(model_dir, dtype=cfg.model.dtype, device=world.device, overrides=cfg.model.overrides())
@@ -80,7 +83,7 @@ def setup(cfg: Config, world: World) -> Run:
     loader = PromptLoader(task.train_rows, cfg.trainer.batch_size, seed=cfg.trainer.seed, rank=world.rank, world_size=world.world_size)
     encoder = prompt_encoder(tokenizer, cfg.task, model.facts.pad_token_id)
     rewards = RewardRunner(cfg.task.rewards, allow_unsafe_code=cfg.task.allow_unsafe_code)
-    return Run(cfg, world, run_dir, model_dir, policy, reference, tokenizer, build_algorithm(cfg.algorithm), scheduler, loader, encoder, rewards, task)
+    return Run(cfg, world, run_dir, model_dir, policy, reference, tokenizer, algorithm, scheduler, loader, encoder, rewards, task)
 
 
 def build_policy(model: DiffusionLM, cfg: Config, model_dir: Path) -> tuple[Policy, Reference | None, torch.optim.lr_scheduler.LambdaLR]:
@@ -109,8 +112,9 @@ def build_policy(model: DiffusionLM, cfg: Config, model_dir: Path) -> tuple[Poli
     return policy, reference, scheduler
 
 
-def prepare_task(cfg: TaskConfig, run_dir: Path, world: World) -> TaskData:
-    """Load the task's parquet rows, generating them first for synthetic tasks."""
+def prepare_task(cfg: TaskConfig, run_dir: Path, world: World, answer_field: str | None = None) -> TaskData:
+    """Load the task's parquet rows, generating them first for synthetic tasks; with
+    ``answer_field``, every training row must hold a reference answer there."""
     train_files, val_files, tokenizer = list(cfg.train_files), list(cfg.val_files), None
     if cfg.synthetic:
         options = dict(cfg.synthetic)
@@ -121,20 +125,23 @@ def prepare_task(cfg: TaskConfig, run_dir: Path, world: World) -> TaskData:
         barrier()
         train_files, val_files = [str(data_dir / "train.parquet")], [str(data_dir / "val.parquet")]
         tokenizer = task.tokenizer()
-    train = load_task_rows(train_files, cfg.rewards)
+    train = load_task_rows(train_files, cfg.rewards, answer_field)
     val = load_task_rows(val_files, cfg.rewards) if val_files else []
     return TaskData(train_rows=train, val_rows=val, tokenizer=tokenizer)
 
 
-def load_task_rows(files: list[str], rewards: list[RewardSpec]) -> list[dict[str, Any]]:
-    """Every row of ``files``, checked at load for the fields the task's rewards read; a bad row
-    stops the run with its file, row and field named."""
+def load_task_rows(files: list[str], rewards: list[RewardSpec], answer_field: str | None = None) -> list[dict[str, Any]]:
+    """Every row of ``files``, checked at load for the fields the task's rewards read (and the
+    reference answer at ``answer_field``); a bad row stops the run with its file, row and field named."""
     required = required_fields(rewards)
     if not files:
         return load_rows(files, required)  # raises: no data files given
     rows = []
     for path in files:
-        for i, row in enumerate(load_rows(path, required)):
+        file_rows = load_rows(path, required)
+        if answer_field is not None:
+            check_reference_answers(file_rows, answer_field, path)
+        for i, row in enumerate(file_rows):
             try:
                 check_row(rewards, row)
             except ValueError as err:

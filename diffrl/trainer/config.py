@@ -10,12 +10,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from diffrl.algorithms.registry import AlgorithmConfig, algorithm_config_class
+from diffrl.algorithms.registry import AlgorithmConfig, algorithm_config_class, build_algorithm, registered_algorithms
 from diffrl.errors import DiffrlConfigError
 from diffrl.kernels.dispatch import BACKENDS
 from diffrl.models.config import FactOverrides
 from diffrl.rewards.registry import RewardSpec
 from diffrl.rollout.config import RolloutConfig
+from diffrl.trainer.guards import check_algorithm
 
 
 @dataclass
@@ -100,6 +101,9 @@ class OptimConfig:
     lr_schedule: str = "constant"
     # Final learning rate as a fraction of lr for cosine/linear.
     min_lr_ratio: float = 0.0
+    # Fresh AdamW state and schedule at every RL step, the schedule then counting the optimizer
+    # steps within the rollout (LightningRL relaunches its trainer, with warmup, every step).
+    reset_each_step: bool = False
 
 
 @dataclass
@@ -171,6 +175,12 @@ class TrainerConfig:
     batch_size: int = 8
     # Samples per forward/backward pass.
     micro_batch_size: int = 16
+    # Prompts (over all ranks) per optimizer step within a rollout (verl's name; null = the whole
+    # batch, one step per epoch). Global prompt p trains in mini-batch p mod (batch_size / this).
+    ppo_mini_batch_size: int | None = None
+    # Passes over the rollout, each over every mini-batch with old log-probs fixed (verl's name;
+    # null = algorithm.num_iterations, TRL's name for the same count).
+    ppo_epochs: int | None = None
     # Samples per generate call (null = all of a rank's samples at once).
     rollout_batch_size: int | None = None
     seed: int = 0
@@ -227,6 +237,9 @@ def to_config(cfg: DictConfig | dict[str, Any]) -> Config:
     config.algorithm = algorithm
     check_trainer(config.trainer)
     check_task(config.task)
+    # unmasking_grpo trains the unmasking policy with the dLLM frozen, outside the dLLM's RL step.
+    if config.trainer.mode == "rl" and config.algorithm.name in registered_algorithms():
+        check_algorithm(config, build_algorithm(config.algorithm))
     return config
 
 
@@ -283,6 +296,8 @@ def check_task(cfg: TaskConfig) -> None:
     """Reject task settings that cannot run, naming the field and the fix."""
     if cfg.on_bad_rows not in BAD_ROWS:
         raise DiffrlConfigError(f"task.on_bad_rows={cfg.on_bad_rows!r} is not one of {', '.join(BAD_ROWS)}")
+    if cfg.max_prompt_length <= 0:
+        raise DiffrlConfigError(f"task.max_prompt_length={cfg.max_prompt_length} must be positive (prompts keep their last max_prompt_length tokens)")
 
 
 def check_launch(cfg: TrainerConfig) -> None:

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
@@ -36,9 +37,12 @@ from diffrl.trainer.checkpoint import latest_checkpoint
 from diffrl.trainer.config import Config
 from diffrl.trainer.distributed import all_reduce_sum, init_distributed
 from diffrl.trainer.export import checkpoint_meta, save_final
+from diffrl.trainer.global_batch import global_advantages
 from diffrl.trainer.logger import MetricLogger
+from diffrl.trainer.optim import restart
 from diffrl.trainer.plots import plot_reward_curve
 from diffrl.trainer.sampling import generate_rollout, repair_samples, score_samples
+from diffrl.trainer.schedule import mini_batch_rows, num_mini_batches, update_epochs
 from diffrl.trainer.sft import sft_train_step, warm_start
 from diffrl.trainer.step_metrics import global_metrics, reward_summary, sample_rows, throughput
 from diffrl.trainer.validate import validate
@@ -66,38 +70,49 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
             samples, replaced, regenerations = repair_samples(run, samples, step)
     outcome = samples.outcome
     with timed(timings, "adv"):
-        if algo.keep is not None:
-            outcome.keep = algo.keep(outcome)
-        advantages = algo.advantage(outcome)
+        outcome.keep, advantages = global_advantages(algo, outcome, run.world)
 
     batch = PolicyBatch.from_rollout(samples.rollout)
-    mu = algo.config.num_iterations
-    # Inner update k draws its estimator masks from its own seed, shared by old, ref and current.
+    mu = update_epochs(cfg)
+    minis = mini_batch_rows(len(batch), algo.config.num_generations, num_mini_batches(cfg.trainer.batch_size, cfg.trainer.ppo_mini_batch_size, run.world.world_size), run.world.device)
+    # Epoch k draws its estimator masks from its own seed, shared by old, ref and current.
     seeds = [int(counter_hash(cfg.trainer.seed, step, SEED_UPDATE + k)) for k in range(mu)]
     with timed(timings, "old_log_prob"):
-        old = [policy.score(algo.estimator, batch, s) for s in seeds] if mu > 1 else None
+        # Several optimizer steps per rollout: the ratio compares with the weights that rolled out.
+        old = [policy.score(algo.estimator, batch, s) for s in seeds] if mu * len(minis) > 1 else None
     with timed(timings, "ref"):
         ref = [run.reference.score(algo.estimator, batch, s) for s in seeds] if run.reference is not None else None
     trained = batch.completion_mask & outcome.keep[:, None]
     if algo.token_filter is not None:
         with timed(timings, "token_filter"):
             trained = trained & algo.token_filter(old[0] if old else policy.score(algo.estimator, batch, seeds[0]), batch)
-    weights, nll_weights = loss_weights(run, trained, outcome)
+    weights, nll_weights = loss_weights(run, trained, outcome, minis)
 
     sums: dict[str, float] = defaultdict(float)
     grad_norm = 0.0
-    mbs = cfg.trainer.micro_batch_size
+    mbs, steps = cfg.trainer.micro_batch_size, mu * len(minis)
     with timed(timings, "update"):
+        if cfg.optim.reset_each_step:
+            restart(run.policy.optimizer, run.scheduler)
+        lr = run.scheduler.get_last_lr()[0]
         for k in range(mu):
             targets = UpdateTargets(advantages, weights, old[k].logp if old else None, ref[k].logp if ref else None, nll_weights)
-            for s in range(0, len(batch), mbs):
-                micro = slice(s, s + mbs)
-                terms = policy.loss_and_backward(PolicyObjective(algo, targets.select(micro)), batch.select(micro), seeds[k])
-                for name, value in terms.items():
-                    sums[name] += value / mu
-            grad_norm += policy.step() / mu
-        lr = run.scheduler.get_last_lr()[0]
-        run.scheduler.step()
+            for rows in minis:
+                mini, mini_targets = batch.select(rows), targets.select(rows)
+                for s in range(0, len(mini), mbs):
+                    micro = slice(s, s + mbs)
+                    terms = policy.loss_and_backward(PolicyObjective(algo, mini_targets.select(micro)), mini.select(micro), seeds[k])
+                    for name, value in terms.items():
+                        # Weighted sums add up over mini-batches (their weights partition the
+                        # batch); already-normalised terms are averaged over the steps.
+                        sums[name] += value / (steps if name.startswith("normalized/") else mu)
+                grad_norm += policy.step() / steps
+                if cfg.optim.reset_each_step:
+                    run.scheduler.step()
+        if not cfg.optim.reset_each_step:
+            run.scheduler.step()
+        if run.reference is not None and algo.config.sync_ref_model and (step + 1) % algo.config.ref_model_sync_steps == 0:
+            run.reference.mix_towards(policy, algo.config.ref_model_mixup_alpha)
 
     metrics = global_metrics(run, samples, advantages, weights, sums)
     metrics.update({"actor/grad_norm": grad_norm, "actor/lr": lr})
@@ -111,22 +126,40 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
     return metrics
 
 
-def loss_weights(run: Run, trained: Tensor, outcome: Outcome) -> tuple[Tensor, Tensor | None]:
-    """Per-token loss weights [B, Lc] of the ``trained`` tokens, normalised over every rank's
-    tokens and kept samples (see :func:`~diffrl.algorithms.losses.token_weights`), and the NLL
-    term's token-mean weights over the samples it covers (None without an NLL term)."""
+def loss_weights(run: Run, trained: Tensor, outcome: Outcome, minis: list[Tensor]) -> tuple[Tensor, Tensor | None]:
+    """Per-token loss weights [B, Lc] of the ``trained`` tokens, each mini-batch (rows ``minis``)
+    normalised over every rank's tokens and kept samples of that mini-batch (see
+    :func:`~diffrl.algorithms.losses.token_weights`), and the NLL term's token-mean weights over
+    the samples it covers (None without an NLL term)."""
     cfg, device, nll = run.cfg, run.world.device, run.algorithm.nll
     mbs, length = cfg.trainer.micro_batch_size, cfg.rollout.max_completion_length
-    weights = token_weights(
-        trained, run.algorithm.config.loss_type, mbs, length,
-        global_tokens=all_reduce_sum(trained.sum(), device).item(),
-        global_sequences=all_reduce_sum(outcome.keep.sum(), device).item(),
-        world_size=run.world.world_size,
-    )
-    if nll is None:
-        return weights, None
-    nll_tokens = trained & nll.samples(outcome)[:, None]
-    return weights, token_weights(nll_tokens, "dapo", mbs, length, global_tokens=all_reduce_sum(nll_tokens.sum(), device).item())
+    nll_tokens = trained & nll.samples(outcome)[:, None] if nll is not None else None
+    weights = torch.zeros(trained.shape, device=trained.device)
+    nll_weights = torch.zeros_like(weights) if nll_tokens is not None else None
+    for rows in minis:
+        part = trained[rows]
+        weights[rows] = token_weights(
+            part, run.algorithm.config.loss_type, mbs, length,
+            global_tokens=all_reduce_sum(part.sum(), device).item(),
+            global_sequences=sequence_counts(run, outcome.keep, rows),
+            world_size=run.world.world_size,
+        )
+        if nll_tokens is not None and nll_weights is not None:
+            nll_part = nll_tokens[rows]
+            nll_weights[rows] = token_weights(nll_part, "dapo", mbs, length, global_tokens=all_reduce_sum(nll_part.sum(), device).item())
+    return weights, nll_weights
+
+
+def sequence_counts(run: Run, keep: Tensor, rows: Tensor) -> float | Tensor:
+    """The kept sequences over all ranks that normalise ``rows``: one count for the mini-batch, or
+    per row [n, 1] the count of its normaliser set (global prompt p is in set p mod n_sets)."""
+    per_set = run.algorithm.normaliser_prompts
+    if per_set is None:
+        return all_reduce_sum(keep[rows].sum(), run.world.device).item()
+    n_sets = num_mini_batches(run.cfg.trainer.batch_size, per_set, run.world.world_size, f"algorithm={run.algorithm.config.name}'s loss normaliser set of")
+    which = rows // run.algorithm.config.num_generations % n_sets
+    counts = all_reduce_sum(torch.zeros(n_sets, dtype=torch.float64, device=keep.device).index_add_(0, which, keep[rows].double()), run.world.device)
+    return counts[which][:, None].float()
 
 
 def train(cfg: Config, resolved: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -37,3 +37,15 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int, lr: fl
     optimizer = torch.optim.AdamW(groups, lr=lr or cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
     lam = lambda step: lr_multiplier(step, warmup_steps=cfg.warmup_steps, total_steps=total_steps, schedule=cfg.lr_schedule, min_lr_ratio=cfg.min_lr_ratio)  # noqa: E731
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lam)
+
+
+def restart(optimizer: torch.optim.Optimizer | None, scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """A fresh optimizer state and the schedule back at its first step (``optim.reset_each_step``:
+    LightningRL launches a new trainer, so a new AdamW and warmup, for every rollout)."""
+    if optimizer is not None:
+        optimizer.state.clear()
+    scheduler.last_epoch = 0
+    lrs = [base * multiplier(0) for base, multiplier in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs  # what get_last_lr reports

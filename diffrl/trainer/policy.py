@@ -27,7 +27,7 @@ from diffrl.algorithms.objective import Objective, score_in_micro_batches
 from diffrl.models.base import DiffusionLM
 from diffrl.rollout import Rollout, RolloutConfig, generate_chunked
 from diffrl.trainer.checkpoint import load_checkpoint, save_checkpoint
-from diffrl.trainer.strategy import Strategy, copy_weights
+from diffrl.trainer.strategy import Strategy, copy_weights, mix_weights
 
 
 def _rollout(
@@ -131,6 +131,10 @@ class Reference(Protocol):
         """Make the policy's current weights the anchor (RL after a warm start anchors there)."""
         ...
 
+    def mix_towards(self, policy: Policy, alpha: float) -> None:
+        """reference <- alpha x policy + (1 - alpha) x reference (TRL's ``sync_ref_model``)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -145,6 +149,9 @@ class FrozenCopy:
 
     def anchor_to(self, policy: Policy) -> None:
         copy_weights(policy.strategy, self.frozen.strategy)
+
+    def mix_towards(self, policy: Policy, alpha: float) -> None:
+        mix_weights(policy.strategy, self.frozen.strategy, alpha)
 
     def close(self) -> None:
         self.frozen.close()
@@ -163,6 +170,9 @@ class AdapterOff:
 
     def anchor_to(self, policy: Policy) -> None:
         """Nothing to copy: a warm start trained the adapters, so the base stays the anchor."""
+
+    def mix_towards(self, policy: Policy, alpha: float) -> None:
+        """Nothing to mix: the reference is the frozen base (start-up warns about the setting)."""
 
     def close(self) -> None:
         """Nothing to release: the policy owns the weights."""

@@ -176,6 +176,13 @@ def copy_weights(src: Strategy, dst: Strategy) -> None:
             target.copy_(source)
 
 
+def mix_weights(src: Strategy, dst: Strategy, alpha: float) -> None:
+    """``dst`` <- alpha x ``src`` + (1 - alpha) x ``dst``, shard by shard (as :func:`copy_weights`)."""
+    with torch.no_grad():
+        for target, source in zip(dst.root.parameters(), src.root.parameters(), strict=True):
+            target.mul_(1 - alpha).add_(source.to(target.dtype), alpha=alpha)
+
+
 def refresh_replica(root: nn.Module, replica: nn.Module) -> None:
     """Copy ZeRO-3 partitioned weights (and buffers) into a full replica, gathering one module at
     a time (every rank gathers the same modules in the same order, so the collectives match)."""
