@@ -49,7 +49,8 @@ def autoregressive_order(cfg: RolloutConfig) -> RolloutConfig:
     """The rollout settings decoding one token per step, leftmost first, whatever the block size."""
     return replace(
         cfg, remasking="left_to_right", steps=cfg.max_completion_length, schedule="linear", threshold=None, factor=None,
-        alg_temp=None, editing_threshold=None, max_post_steps=0, early_commit_margin=None,
+        alg_temp=None, editing_threshold=None, max_post_steps=0, early_commit_margin=None, eos_min_gamma=None,
+        running_confidence=False, unmasking_policy=None,
     )
 
 

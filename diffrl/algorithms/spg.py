@@ -18,7 +18,7 @@ from torch import Tensor
 
 from diffrl.algorithms.advantages import reward_advantages
 from diffrl.algorithms.elbo_bounds import SandwichedBounds
-from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, register_algorithm
+from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, Needs, register_algorithm
 
 
 @dataclass
@@ -77,4 +77,6 @@ def build(cfg: SPGConfig) -> Algorithm:
         advantage=reward_advantages("group_mean", cfg.scale_rewards),
         # -A_i (ELBO_i if A_i > 0 else bound_i), length-weighted
         loss=sandwiched_loss,
+        # The reference trainer raises for beta != 0: no KL is defined on the sandwiched bounds.
+        needs=Needs(kl=False),
     )

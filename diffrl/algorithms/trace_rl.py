@@ -21,7 +21,7 @@ from torch import Tensor
 
 from diffrl.algorithms.advantages import Outcome, z_score
 from diffrl.algorithms.lightning_rl import accurate
-from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, register_algorithm
+from diffrl.algorithms.registry import Algorithm, AlgorithmConfig, Needs, register_algorithm
 from diffrl.algorithms.replay import TraceReplay, replayable
 
 
@@ -72,4 +72,6 @@ def build(cfg: TraceRLConfig) -> Algorithm:
         loss=cfg.clipped_loss(log_ratio_clamp=knobs.log_ratio_clamp),
         keep=partial(accuracy_band, knobs=knobs),
         rollout_config=replayable,
+        # The accuracy band reads which samples are correct.
+        needs=Needs(correctness=True),
     )
