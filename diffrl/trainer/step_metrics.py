@@ -13,8 +13,9 @@ import torch
 from torch import Tensor
 
 from diffrl.rewards.registry import RewardBatch
+from diffrl.models.base import DiffusionLM
 from diffrl.trainer.build import Run
-from diffrl.trainer.distributed import all_gather_rows, all_reduce_sum, all_reduce_sums
+from diffrl.trainer.distributed import World, all_gather_rows, all_reduce_sum, all_reduce_sums
 from diffrl.trainer.sampling import Samples
 
 
@@ -92,23 +93,22 @@ def run_metrics(run: Run, step: int) -> dict[str, float]:
     }
     if device.type == "cuda":
         metrics["perf/max_memory_allocated_gb"] = torch.cuda.max_memory_allocated(device) / 1024**3
-    metrics.update(router_load(run))
+    metrics.update(router_load(run.model, run.world))
     return metrics
 
 
-def router_load(run: Run) -> dict[str, float]:
+def router_load(model: DiffusionLM, world: World) -> dict[str, float]:
     """``moe/load/expert_<e>``: expert e's share of the routed (token, slot) pairs, averaged over
     MoE layers and ranks; ``moe/load/max_over_mean``: the busiest expert's share over the mean
     share (1 = balanced); plus the model's ``moe/*`` router stats. {} for dense models."""
-    load = run.model.expert_load()
+    load = model.expert_load()
     if load is None:
         return {}
-    world = run.world.world_size
-    per_expert = all_gather_rows(load.mean(0, keepdim=True).double(), run.world.device).mean(0)
+    per_expert = all_gather_rows(load.mean(0, keepdim=True).double().to(world.device), world.device).mean(0)
     metrics = {f"moe/load/expert_{e}": share for e, share in enumerate(per_expert.tolist())}
     metrics["moe/load/max_over_mean"] = (per_expert.max() / per_expert.mean()).item()
-    stats = all_reduce_sums(run.model.router_stats(), run.world.device)
-    metrics.update({k: v / world for k, v in stats.items()})
+    stats = all_reduce_sums(model.router_stats(), world.device)
+    metrics.update({k: v / world.world_size for k, v in stats.items()})
     return metrics
 
 
