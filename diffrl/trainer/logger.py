@@ -31,8 +31,10 @@ class MetricLogger:
             return
         self.path = run_dir / "metrics.jsonl"
         self.log_path = run_dir / "train.log"
+        self.before_path = run_dir / "warm_start.json"
         if start_step == 0:
             self.path.unlink(missing_ok=True)
+            self.before_path.unlink(missing_ok=True)
         else:
             self._truncate_after(start_step)
         if wandb_cfg.enabled and wandb_cfg.mode != "disabled":
@@ -54,8 +56,12 @@ class MetricLogger:
     def _replay(self, step: int) -> None:
         # run.step is the next step the W&B run expects: 0 offline, past its last step online.
         assert self.run is not None
+        first = self.run.step
+        if first == 0 and self.before_path.exists():
+            before = json.loads(self.before_path.read_text())
+            self._log_before_training(before["metrics"], before["curve"])
         for row in read_metrics(self.path.parent) if self.path.exists() else []:
-            if self.run.step <= row["step"] <= step:
+            if first <= row["step"] <= step:
                 self.run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
     def phase(self, desc: str, total: int, *, initial: int = 0, unit: str = "step") -> Progress:
@@ -88,9 +94,16 @@ class MetricLogger:
             headline = {"reward": metrics["critic/score/mean"]} if "critic/score/mean" in metrics else {"loss": metrics.get("sft/loss", float("nan"))}
             self.bar.update(1, **headline, step_s=f"{metrics.get('timing_s/step', float('nan')):.2f}")
 
-    def log_before_training(self, metrics: dict[str, Any], curve: list[float] | None = None) -> None:
+    def log_before_training(self, metrics: dict[str, float], curve: list[float] | None = None) -> None:
         """Metrics of what ran before step 1 (the warm start) to W&B at step 0, with its per-step
-        loss ``curve`` as a line plot (``warm_start/loss_curve``)."""
+        loss ``curve`` as a line plot (``warm_start/loss_curve``); kept in ``warm_start.json`` for
+        a resumed run's W&B replay."""
+        if not self.enabled:
+            return
+        self.before_path.write_text(json.dumps({"metrics": metrics, "curve": curve or []}) + "\n")
+        self._log_before_training(metrics, curve or [])
+
+    def _log_before_training(self, metrics: dict[str, float], curve: list[float]) -> None:
         if self.run is None:
             return
         import wandb
