@@ -72,7 +72,7 @@ def test_a_signal_saves_a_checkpoint_at_the_next_step_and_exits_cleanly(tmp_path
 @pytest.mark.slow
 def test_after_kill_9_the_resumed_wandb_run_has_every_step_once(tmp_path: Path) -> None:
     out, steps = tmp_path / "run", 5
-    run = ["trainer.wandb.enabled=true", f"trainer.total_steps={steps}", "trainer.save_every=1", "trainer.warm_start.steps=2", "trainer.warm_start.batch_size=4"]
+    run = ["trainer.wandb.enabled=true", f"trainer.total_steps={steps}", "trainer.save_every=1", "trainer.warm_start.steps=2", "trainer.warm_start.batch_size=4", "trainer.val_every=5", "trainer.val_size=4"]
     proc = start(out, *run)
     wait_for(proc, lambda: (out / "checkpoints" / "step_000002" / "COMPLETE").exists())
     os.killpg(proc.pid, signal.SIGKILL)
@@ -87,6 +87,8 @@ def test_after_kill_9_the_resumed_wandb_run_has_every_step_once(tmp_path: Path) 
     history = read_offline_run(files[-1])["history"]
     trained = [int(row["_step"]) for row in history if "actor/pg_loss" in row]
     assert trained == list(range(1, steps + 1))
+    validated = [int(row["_step"]) for row in history if "val/sort_digits/acc" in row]
+    assert validated == [5]
     warm = [row for row in history if "warm_start/loss_last" in row]
     assert len(warm) == 1 and int(warm[0]["_step"]) == 0
     tables = [row for row in history if "samples/_type" in row]

@@ -78,8 +78,8 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def math_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """The dotted keys outside :data:`FREE_KEYS` whose values differ (or exist on one side only)."""
     a, b = flatten(saved), flatten(current)
-    free = tuple(FREE_KEYS)
-    return sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>") and not (k in free or k.startswith(tuple(f + "." for f in free))))
+    free_prefixes = tuple(f"{key}." for key in FREE_KEYS)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>") and k not in FREE_KEYS and not k.startswith(free_prefixes))
 
 
 def checkpoint_step(path: Path) -> int:
