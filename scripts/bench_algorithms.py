@@ -9,7 +9,8 @@ benchmarked by bench_rollout.py. Each (algorithm, attention) runs in its own pro
 memory is its own. ``block_causal`` reruns the same weights as a block-diffusion model (the
 two-stream layout, block 4). Reported: model forward calls and the rows they processed (a
 row = one sequence; noisy copies and autoregressive positions count as rows), rows recomputed
-in the backward (activation checkpointing of the batched AR likelihood), seconds per step and
+in the backward (activation checkpointing of the batched AR likelihood), the MiB of tensors
+autograd saves for the backward outside the weights (the graph; what BGPO keeps flat), seconds per step and
 peak memory (CPU: resident memory above the size before the step, sampled every 2 ms; GPU: peak
 allocated). A benchmark, not a test: it prints numbers and asserts nothing about them.
 """
@@ -32,7 +33,10 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from bench_train import PeakRSS, model_config  # noqa: E402
 
-ALGORITHMS = ("diffu_grpo", "coupled_grpo", "igpo", "gdpo", "lightning_rl", "just_grpo")
+ALGORITHMS = ("diffu_grpo", "coupled_grpo", "igpo", "gdpo", "lightning_rl", "just_grpo", "spg", "espo", "bgpo", "bgpo_naive", "trace_rl", "cj_grpo")
+# Rows that are an algorithm with other knobs: BGPO keeping every draw's graph (the naive
+# many-sample ELBO its memory is measured against).
+VARIANTS = {"bgpo_naive": ("bgpo", {"bgpo": {"checkpoint_draws": False}})}
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -46,8 +50,12 @@ def worker(args: argparse.Namespace) -> dict:
     model = random_model(model_config(args), seed=0).to(device).train()
     if args.attention[0] == "block_causal":
         model.facts = replace(model.facts, attention="block_causal", block_size=4)
-    cls, _ = algorithm_entry(args.worker)
-    algo = build_algorithm(cls(num_generations=args.group))
+    name, knobs = VARIANTS.get(args.worker, (args.worker, {}))
+    cls, _ = algorithm_entry(name)
+    cfg = cls(num_generations=args.group)
+    for group, values in knobs.items():
+        setattr(cfg, group, replace(getattr(cfg, group), **values))
+    algo = build_algorithm(cfg)
     b, plen, glen = args.batch, args.prompt, args.completion
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, args.vocab - 2, (b, plen), generator=gen).to(device)
@@ -55,11 +63,13 @@ def worker(args: argparse.Namespace) -> dict:
     ones = torch.ones(b, glen, dtype=torch.bool, device=device)
     hints = torch.zeros_like(ones)
     hints[:, : glen // 4] = True  # IGPO's entropy filter has hint tokens to choose from
-    batch = PolicyBatch(prompt, torch.ones_like(prompt, dtype=torch.bool), completion, ones, torch.arange(b, device=device), completion * 0, hints, ones.float())
+    # Two tokens committed per decode step (d1's 256 tokens in 128 steps), for the trace replays.
+    step_map = (torch.arange(glen, device=device) // 2).expand(b, glen)
+    batch = PolicyBatch(prompt, torch.ones_like(prompt, dtype=torch.bool), completion, ones, torch.arange(b, device=device), step_map, hints, ones.float())
     advantages = torch.linspace(-1, 1, b, device=device)
     weights = token_weights(ones, algo.config.loss_type, b, glen)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    calls = {"forward": 0, "rows": 0, "backward_rows": 0}
+    calls = {"forward": 0, "rows": 0, "backward_rows": 0, "graph_mib": 0.0}
     phase = {"backward": False}
 
     def count(_module: torch.nn.Module, inputs: tuple) -> None:
@@ -72,13 +82,26 @@ def worker(args: argparse.Namespace) -> dict:
 
     model.register_forward_pre_hook(count)
 
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    graph: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            graph[storage.data_ptr()] = storage.nbytes()
+        return t
+
     def step() -> None:
-        scores = algo.estimator(model, batch, 1)
-        if algo.token_filter is not None:
-            weights_now = weights * algo.token_filter(scores, batch)
-        else:
-            weights_now = weights
-        loss, _ = algo.loss(scores.logp, scores.logp.detach(), advantages, weights_now, ref_logp=scores.logp.detach())
+        graph.clear()
+        # What autograd keeps for the backward (activation checkpointing keeps only its inputs).
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            scores = algo.estimator(model, batch, 1)
+            if algo.token_filter is not None:
+                weights_now = weights * algo.token_filter(scores, batch)
+            else:
+                weights_now = weights
+            loss, _ = algo.loss(scores.logp, scores.logp.detach(), advantages, weights_now, ref_logp=scores.logp.detach())
+        calls["graph_mib"] = sum(graph.values()) / 2**20
         phase["backward"] = True
         loss.backward()
         phase["backward"] = False
@@ -100,7 +123,7 @@ def worker(args: argparse.Namespace) -> dict:
             torch.cuda.synchronize()
         seconds = (time.perf_counter() - start) / args.steps
     memory = torch.cuda.max_memory_allocated() if device.type == "cuda" else peak.peak - base
-    return {k: v / args.steps for k, v in calls.items()} | {"seconds": seconds, "peak_mib": memory / 2**20}
+    return {k: v / args.steps for k, v in calls.items()} | {"graph_mib": calls["graph_mib"], "seconds": seconds, "peak_mib": memory / 2**20}
 
 
 def main() -> None:
@@ -125,7 +148,7 @@ def main() -> None:
         f"one training step, batch {args.batch} x (prompt {args.prompt} + completion {args.completion}), "
         f"d_model {args.d_model}, {args.layers} layers, vocab {args.vocab}, {args.device}"
     )
-    header = f"{'algorithm':<14}{'attention':<15}{'forwards':>9}{'rows':>8}{'bwd rows':>9}{'s/step':>9}{'peak MiB':>10}{'x diffu':>9}"
+    header = f"{'algorithm':<14}{'attention':<15}{'forwards':>9}{'rows':>8}{'bwd rows':>9}{'graph MiB':>10}{'s/step':>9}{'peak MiB':>10}{'x diffu':>9}"
     print(header)
     base: dict[str, float] = {}
     for attention in args.attention:
@@ -136,7 +159,7 @@ def main() -> None:
             r = json.loads(out.strip().splitlines()[-1])
             base.setdefault(attention, r["seconds"])
             print(
-                f"{name:<14}{attention:<15}{r['forward']:>9.0f}{r['rows']:>8.0f}{r['backward_rows']:>9.0f}"
+                f"{name:<14}{attention:<15}{r['forward']:>9.0f}{r['rows']:>8.0f}{r['backward_rows']:>9.0f}{r['graph_mib']:>10.1f}"
                 f"{r['seconds']:>9.3f}{r['peak_mib']:>10.1f}{r['seconds'] / base[attention]:>9.2f}"
             )
 

@@ -10,17 +10,24 @@ from pathlib import Path
 import pytest
 import torch
 
+from diffrl.algorithms.registry import registered_algorithms
 from tests.distributed_worker import recipe
 
-ALGORITHMS = {
-    "diffu_grpo": [],
+# Overrides that make one tiny step train; every registered algorithm runs (empty = defaults).
+OVERRIDES = {
     "coupled_grpo": ["algorithm.num_generations=4"],
     "igpo": ["algorithm.igpo.min_chunk_size=1", "algorithm.igpo.max_chunk_size=2", "algorithm.igpo.free_tail=2", "algorithm.correctness_reward=exact_match"],
     "gdpo": ["algorithm.gdpo.num_nodes=2"],
     # The filter has its own tests; here no group may be dropped, so the step always trains.
     "lightning_rl": ["algorithm.lightning_rl.filter_tpf_threshold=0", "algorithm.lightning_rl.filter_all_wrong=false", "algorithm.beta=0.01"],
     "just_grpo": ["algorithm.just_grpo.rows_per_forward=16"],
+    "spg": ["algorithm.spg.block_length=4"],
+    "espo": ["algorithm.espo.num_mc=1"],
+    "bgpo": ["algorithm.bgpo.num_draws=3"],
+    # No group may fall outside the accuracy band, so the step always trains.
+    "trace_rl": ["algorithm.trace_rl.accuracy_low=0", "algorithm.trace_rl.accuracy_high=1", "algorithm.beta=0.01"],
 }
+ALGORITHMS = {name: OVERRIDES.get(name, []) for name in sorted(registered_algorithms())}
 FAMILIES = ("llada", "dream", "sdar", "sdar_moe", "llada2_moe")
 # Both rewards: exact_match marks correctness (IGPO's trigger), digit_overlap is graded so a random
 # policy's groups have reward variance and the step a gradient; two prompts, in case one group's

@@ -245,6 +245,24 @@ def test_without_the_hook_native_calls_cannot_remount_or_unshare(runs: Path, hos
     zero(attack(runs, solution, audit=False), "wrong")
 
 
+def test_a_nested_user_namespace_cannot_undo_the_root(runs: Path) -> None:
+    # The classic chroot escape needs CAP_SYS_CHROOT, which a new user namespace would grant; the
+    # kernel refuses user namespaces to a chrooted process, so the host's tree stays out of reach.
+    solution = (
+        "import ctypes, os\n"
+        "def escape():\n"
+        "    libc = ctypes.CDLL(None, use_errno=True)\n"
+        "    libc.unshare(0x10000000 | 0x00020000)  # CLONE_NEWUSER | CLONE_NEWNS\n"
+        "    os.mkdir('/sandbox/jail')\n"
+        "    libc.chroot(b'/sandbox/jail')\n"
+        "    for _ in range(64):\n"
+        "        os.chdir('..')\n"
+        "    libc.chroot(b'.')\n"
+        "    return int(any(os.path.exists(p) for p in ('/etc/passwd', '/work/shared', '/tmp', '/home')))\n"
+    )
+    zero(attack(runs, solution, audit=False), "wrong")
+
+
 # --- file-system writes, every syscall family ---------------------------------------------------
 
 # Each returns 1 only if it changed something outside the run folder. The host's folders are not

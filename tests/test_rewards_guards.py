@@ -203,6 +203,8 @@ def test_a_custom_reward_by_dotted_path_follows_the_same_rules(tmp_path: Path, m
     assert out.reasons["shout"][2] == "reward_out_of_range"
     with pytest.raises(ValueError, match="unexpected keyword|bonus2"):
         RewardRunner([RewardSpec(fn="user_pkg.scoring:shout", kwargs={"bonus2": 1})], num_workers=0)
+    with pytest.raises(ValueError, match="registered reward"):
+        RewardRunner([RewardSpec(name="math", fn="user_pkg.scoring:shout")], num_workers=0)
     for ref, message in [("user_pkg.nowhere:shout", "cannot import"), ("user_pkg.scoring:whisper", "no function"), ("shout", "package.module:function"), ("nope.py:f", "no file")]:
         with pytest.raises(ValueError, match=message):
             RewardRunner([RewardSpec(fn=ref)], num_workers=0)

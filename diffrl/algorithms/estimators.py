@@ -27,7 +27,11 @@ from diffrl.rng import STREAM_COMPLETION_MASK, STREAM_PROMPT_MASK, STREAM_TIME, 
 @dataclass
 class TokenScores:
     """``logp[b, i]``: the estimator's contribution of completion token i (0 where not scored);
-    ``mask``: which positions carry signal; ``entropy``: the predictive entropy there."""
+    ``mask``: which positions carry signal; ``entropy``: the predictive entropy there.
+
+    An estimator whose loss needs more than one value per token (SPG's two bounds, BGPO's Monte
+    Carlo draws, CJ-GRPO's per-step shares) returns ``logp`` [B, Lc, C]: the trainer only slices
+    rows, so the channels reach the algorithm's own loss intact."""
 
     logp: Tensor
     mask: Tensor
@@ -76,11 +80,7 @@ class OneStepMeanField:
 
     def __call__(self, model: DiffusionLM, batch: PolicyBatch, seed: int) -> TokenScores:
         mask_id = model.facts.mask_token_id
-        prompt = batch.prompt_ids
-        if self.p_mask_prompt > 0:
-            pos = positions_from_mask(batch.prompt_mask)
-            u = counter_uniform(STREAM_PROMPT_MASK, seed, batch.sample_ids[:, None], pos)
-            prompt = torch.where(u < self.p_mask_prompt, mask_id, prompt)
+        prompt = masked_prompt(batch, seed, self.p_mask_prompt, mask_id)
         noisy = torch.cat((prompt, torch.full_like(batch.completion_ids, mask_id)), dim=1)
         hidden = denoiser_hidden(model, noisy, batch.input_ids, batch.key_mask)[:, prompt.shape[1] :]
         logp, entropy = score_tokens(model, hidden, batch.completion_ids, batch.completion_mask)
@@ -93,17 +93,29 @@ def completion_uniforms(batch: PolicyBatch, seed: int, *draw: int) -> Tensor:
     return counter_uniform(STREAM_COMPLETION_MASK, seed, batch.sample_ids[:, None], *draw, pos[None, :])
 
 
-def noisy_hidden(model: DiffusionLM, batch: PolicyBatch, rows: Tensor, masked: Tensor) -> Tensor:
+def noisy_hidden(model: DiffusionLM, batch: PolicyBatch, rows: Tensor, masked: Tensor, prompt: Tensor | None = None) -> Tensor:
     """Hidden states [R, Lc, H] over the completions of noisy copies, all in one forward: row r is
-    sample ``rows[r]`` with the completion tokens ``masked[r]`` replaced by M (the prompt clean)."""
+    sample ``rows[r]`` with the completion tokens ``masked[r]`` replaced by M and the prompt
+    ``prompt[r]`` (default: the clean prompt)."""
     mask_id = model.facts.mask_token_id
-    noisy = torch.cat((batch.prompt_ids[rows], torch.where(masked, mask_id, batch.completion_ids[rows])), dim=1)
+    prompt = batch.prompt_ids[rows] if prompt is None else prompt
+    noisy = torch.cat((prompt, torch.where(masked, mask_id, batch.completion_ids[rows])), dim=1)
     return denoiser_hidden(model, noisy, batch.input_ids[rows], batch.key_mask[rows])[:, batch.prompt_ids.shape[1] :]
 
 
-def score_noisy_rows(model: DiffusionLM, batch: PolicyBatch, rows: Tensor, masked: Tensor, scored: Tensor) -> tuple[Tensor, Tensor]:
+def score_noisy_rows(model: DiffusionLM, batch: PolicyBatch, rows: Tensor, masked: Tensor, scored: Tensor, prompt: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(logp, entropy) [R, Lc] of the noisy copies (see :func:`noisy_hidden`) at ``scored``, zero elsewhere."""
-    return score_tokens(model, noisy_hidden(model, batch, rows, masked), batch.completion_ids[rows], scored)
+    return score_tokens(model, noisy_hidden(model, batch, rows, masked, prompt), batch.completion_ids[rows], scored)
+
+
+def masked_prompt(batch: PolicyBatch, seed: int, p_mask_prompt: float, mask_id: int, *draw: int) -> Tensor:
+    """The prompts [B, Lp] with each token replaced by M with probability ``p_mask_prompt`` (d1's
+    prompt masking), keyed by sample id, position and ``draw``."""
+    if p_mask_prompt <= 0:
+        return batch.prompt_ids
+    pos = positions_from_mask(batch.prompt_mask)
+    u = counter_uniform(STREAM_PROMPT_MASK, seed, batch.sample_ids[:, None], *draw, pos)
+    return torch.where(u < p_mask_prompt, mask_id, batch.prompt_ids)
 
 
 def coupled_masks(batch: PolicyBatch, seed: int, t_low: float, t_high: float) -> tuple[Tensor, Tensor]:
@@ -222,21 +234,29 @@ class AutoregressiveLikelihood:
 
     def __call__(self, model: DiffusionLM, batch: PolicyBatch, seed: int) -> TokenScores:
         samples, masked, scored = self.rows(model, batch)
-        parts = []
-        for s in range(0, samples.numel(), self.rows_per_forward):
-            chunk = slice(s, s + self.rows_per_forward)
-            args = (batch, samples[chunk], masked[chunk], scored[chunk])
-            if torch.is_grad_enabled():
-                parts.append(checkpoint(_scored_hidden, model, *args, use_reentrant=False))
-            else:
-                parts.append(_scored_hidden(model, *args))
-        hidden = torch.cat(parts)
-        row, pos = scored.nonzero(as_tuple=True)
-        sample = samples[row]
-        lp, ent = selected_logprobs(hidden, model.lm_head.weight, batch.completion_ids[sample, pos])
-        logp = torch.zeros(batch.completion_mask.shape, dtype=lp.dtype, device=lp.device).index_put((sample, pos), lp)
-        entropy = torch.zeros_like(logp).index_put((sample, pos), ent.detach())
+        logp, entropy = score_disjoint_rows(model, batch, samples, masked, scored, self.rows_per_forward)
         return TokenScores(logp=logp, mask=batch.completion_mask, entropy=entropy)
+
+
+def score_disjoint_rows(model: DiffusionLM, batch: PolicyBatch, samples: Tensor, masked: Tensor, scored: Tensor, rows_per_forward: int) -> tuple[Tensor, Tensor]:
+    """(logp, entropy) [B, Lc] from noisy rows that each score their own tokens: row r is sample
+    ``samples[r]`` with ``masked[r]`` replaced by M, scored at ``scored[r]``; no token is scored by
+    two rows of one sample. Rows go ``rows_per_forward`` at a time, and under grad each chunk is
+    recomputed in the backward, so memory holds one chunk's activations."""
+    parts = []
+    for s in range(0, samples.numel(), rows_per_forward):
+        chunk = slice(s, s + rows_per_forward)
+        args = (batch, samples[chunk], masked[chunk], scored[chunk])
+        if torch.is_grad_enabled():
+            parts.append(checkpoint(_scored_hidden, model, *args, use_reentrant=False))
+        else:
+            parts.append(_scored_hidden(model, *args))
+    hidden = torch.cat(parts)
+    row, pos = scored.nonzero(as_tuple=True)
+    sample = samples[row]
+    lp, ent = selected_logprobs(hidden, model.lm_head.weight, batch.completion_ids[sample, pos])
+    logp = torch.zeros(batch.completion_mask.shape, dtype=lp.dtype, device=lp.device).index_put((sample, pos), lp)
+    return logp, torch.zeros_like(logp).index_put((sample, pos), ent.detach())
 
 
 def _scored_hidden(model: DiffusionLM, batch: PolicyBatch, rows: Tensor, masked: Tensor, scored: Tensor) -> Tensor:

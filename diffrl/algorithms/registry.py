@@ -118,3 +118,10 @@ def algorithm_entry(name: str) -> tuple[type[AlgorithmConfig], Callable[[Any], A
 
 def build_algorithm(config: AlgorithmConfig) -> Algorithm:
     return algorithm_entry(config.name)[1](config)
+
+
+def registered_algorithms() -> list[str]:
+    """Every registered algorithm's name."""
+    import diffrl.algorithms  # noqa: F401  (registers the built-in algorithms)
+
+    return list(_REGISTRY)

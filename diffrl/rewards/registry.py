@@ -162,6 +162,9 @@ def entry_for(spec: RewardSpec) -> RewardEntry:
     fn = load_function(spec.fn)
     registered = next((e for e in _REWARDS.values() if e.fn is fn), None)
     spec.name = spec.name or fn.__name__
+    taken = _REWARDS.get(spec.name)
+    if taken is not None and taken.fn is not fn and taken.source is None:
+        raise ValueError(f"task.rewards: fn={spec.fn!r} would be named {spec.name!r}, a registered reward; give the entry another name")
     if registered is not None:
         entry = RewardEntry(registered.fn, registered.required, registered.check_row, registered.pooled, registered.bounds, spec.fn)
     else:

@@ -28,7 +28,6 @@ Layers (``SandboxResult.layers`` says which held for a run; :func:`sandbox_layer
 from __future__ import annotations
 
 import json
-import logging
 import os
 import selectors
 import shutil
@@ -44,12 +43,10 @@ from typing import Any
 
 from diffrl.rewards.registry import SANDBOX_VIOLATION, TIMEOUT, WRONG
 
-log = logging.getLogger(__name__)
-
 BOOT = Path(__file__).with_name("sandbox_boot.py")
 SETUP_FAILED = 121  # sandbox_boot's exit code when it could not set itself up
-# Per-run uids are UID_BASE + the boot's pid (candidate) and UID_BASE + 2**22 + that pid (checker):
-# unique among live runs, far from real users.
+# Per-run uids are UID_BASE + the boot's pid (candidate) and UID_BASE + 2**22 + that pid (checker;
+# pids stay below 2**22): unique among live runs, far from real users.
 UID_BASE = 2_000_000_000
 CHECKER_UID_OFFSET = 1 << 22
 # What must hold for the verdict to be out of the sample's reach; without it the code reward
@@ -276,6 +273,7 @@ def run_tests(plan: dict[str, Any], limits: SandboxLimits = SandboxLimits(), *, 
             "max_files": limits.max_files,
             "max_processes": limits.max_processes,
             "uid_base": UID_BASE,
+            "checker_uid_base": UID_BASE + CHECKER_UID_OFFSET,
             "audit": audit,
         }
         proc = subprocess.Popen(

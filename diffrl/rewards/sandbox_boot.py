@@ -56,8 +56,6 @@ PR_SET_KEEPCAPS = 8
 PR_SET_NO_NEW_PRIVS = 38
 CAP_KILL = 5
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
-# Where the checker's uids start, past every candidate uid (pids stay below 2**22).
-CHECKER_UID_OFFSET = 1 << 22
 # The candidate's working folder inside its root: the one writable place.
 RUN_DIR = "/sandbox"
 _DEVICES = ("null", "zero", "urandom", "random")
@@ -200,7 +198,7 @@ def checker(cfg, layers, pid, request_fd, reply_fd):
         plan = json.load(sys.stdin)
         # The checker must be able to kill pid 1 of the namespace: CAP_KILL, and nothing else.
         if cfg["isolate"]:
-            _become(int(cfg["uid_base"]) + CHECKER_UID_OFFSET + int(cfg["boot_pid"]), 1 << CAP_KILL)
+            _become(int(cfg["checker_uid_base"]) + int(cfg["boot_pid"]), 1 << CAP_KILL)
             layers += ["uid", "nproc", "verdict"]
         _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
         _harden()

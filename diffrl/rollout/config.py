@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 REMASKING = ("low_confidence", "random", "maskgit_plus", "topk_margin", "entropy", "left_to_right")
-SCHEDULES = ("linear", "proportional")
+SCHEDULES = ("linear", "proportional", "ascending")
 KV_CACHES = ("none", "prefix", "dual")
 THRESHOLD_RULES = ("fast_dllm", "dynamic")
 
@@ -49,6 +49,7 @@ class RolloutConfig:
     # How many tokens a step commits when no threshold rule is set:
     #   linear        m // steps per step, the first m % steps steps one more, m = masks at block start (LLaDA, SDAR)
     #   proportional  int(m_now * (1 - s/t)) over t = linspace(1, eps, steps + 1), all the rest on the last step (Dream)
+    #   ascending     2^i at step i, all the rest on the last step (CJ-GRPO's Ascending Step-Size)
     schedule: str = "linear"
     # Final time of the proportional schedule (Dream's eps).
     eps: float = 1e-3
@@ -73,6 +74,14 @@ class RolloutConfig:
     # Prophet-style early commit: when the mean top-1 minus top-2 probability margin over a block's
     # masked positions reaches this, commit all of them in that step (None = off).
     early_commit_margin: float | None = None
+    # CJ-GRPO's EOS Early Rejection: an EOS candidate's score is multiplied by a factor rising
+    # linearly from eos_min_gamma to eos_max_gamma over the block (None = off).
+    eos_min_gamma: float | None = None
+    eos_max_gamma: float = 1.0
+    # MDPO's running-confidence remasking: each step fills every masked position, then masks again
+    # the block's decoded tokens with the lowest confidence (recorded when written), keeping as many
+    # masks as the schedule has left; replaces the commit rule.
+    running_confidence: bool = False
     # KV cache: none (every step runs the whole canvas), prefix (Fast-dLLM PrefixCache; for
     # block-causal models the exact cache of completed blocks) or dual (Fast-dLLM DualCache,
     # bidirectional models only).
@@ -80,6 +89,10 @@ class RolloutConfig:
     # Bidirectional caches are refreshed by a full forward when a block starts and, if > 0, on every
     # cache_refresh_steps-th step inside a block (1 = every step: equal to the uncached loop).
     cache_refresh_steps: int = 0
+    # A learned unmasking policy (arXiv 2512.09106): the folder an algorithm=unmasking_grpo run
+    # writes (final_unmasking_policy/). It decides which masked positions commit at each step in
+    # place of remasking/schedule/threshold/factor (null = the heuristic rule above).
+    unmasking_policy: str | None = None
     # Stop a sample once its first stop token is committed with nothing masked before it.
     stop_at_eos: bool = True
     # Base seed of every random draw (combined with each sample's id, step and position).
@@ -108,6 +121,7 @@ class RolloutConfig:
         if not 0 < self.eps < 1:
             raise ValueError(f"rollout.eps={self.eps} must be in (0, 1)")
         self._check_parallel()
+        self._check_trajectory_rules()
         if self.cache_refresh_steps < 0:
             raise ValueError(f"rollout.cache_refresh_steps={self.cache_refresh_steps} must be >= 0")
         if self.cache_refresh_steps and self.kv_cache == "none":
@@ -133,8 +147,22 @@ class RolloutConfig:
             raise ValueError("rollout.alg_temp samples the scheduled positions; it does not combine with rollout.threshold/factor")
         if self.max_post_steps < 0:
             raise ValueError(f"rollout.max_post_steps={self.max_post_steps} must be >= 0")
+        heuristics = [n for n in ("threshold", "factor", "early_commit_margin") if getattr(self, n) is not None] + (["alg_temp"] if self.alg_temp else [])
+        if self.unmasking_policy is not None and heuristics:
+            raise ValueError(f"rollout.unmasking_policy decides the commits itself; set {', '.join('rollout.' + n for n in heuristics)} to null")
         if self.max_post_steps and self.editing_threshold is None:
             raise ValueError("rollout.max_post_steps runs editing steps; set rollout.editing_threshold too, or leave it at 0")
+
+    def _check_trajectory_rules(self) -> None:
+        if self.eos_min_gamma is not None:
+            if not 0 <= self.eos_min_gamma <= self.eos_max_gamma <= 1:
+                raise ValueError(f"rollout.eos_min_gamma={self.eos_min_gamma} and eos_max_gamma={self.eos_max_gamma} must satisfy 0 <= min <= max <= 1")
+            if self.remasking not in ("low_confidence", "maskgit_plus"):
+                raise ValueError(f"rollout.eos_min_gamma scales a probability score; rollout.remasking={self.remasking!r} is not one (use low_confidence or maskgit_plus)")
+        if self.running_confidence:
+            clashing = [name for name in ("threshold", "factor", "editing_threshold", "early_commit_margin", "alg_temp") if getattr(self, name)]
+            if clashing:
+                raise ValueError(f"rollout.running_confidence replaces the commit rule; unset rollout.{', rollout.'.join(clashing)}")
 
     @property
     def num_blocks(self) -> int:

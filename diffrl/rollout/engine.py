@@ -26,7 +26,9 @@ from diffrl.rollout.canvas import BlockGrid, Canvas
 from diffrl.rollout.config import RolloutConfig
 from diffrl.rollout.runner import Runner
 from diffrl.rollout.trajectory import EditLog, Rollout, first_stop
-from diffrl.rollout.unmasking import Candidates, UnmaskingRule
+from diffrl.rollout.trajectory_rules import running_confidence_remask
+from diffrl.rollout.unmasking import Candidates, LearnedUnmaskingRule, make_rule
+from diffrl.rollout.unmasking_policy import FEATURES, UnmaskingPolicy, policy_from_path
 
 
 def finished_rows(completion: Tensor, mask_id: int, stop_ids: Tensor) -> Tensor:
@@ -62,6 +64,7 @@ def generate(
     *,
     sample_ids: Tensor | None = None,
     fixed_tokens: Tensor | None = None,
+    unmasking_policy: UnmaskingPolicy | None = None,
 ) -> Rollout:
     """Generate ``cfg.max_completion_length`` tokens after each left-padded prompt.
 
@@ -69,7 +72,8 @@ def generate(
     optimizer step it generates with the updated weights. ``sample_ids`` [B] key each sample's
     random draws (default ``arange(B)``), so a sample's output does not depend on what else is in
     the batch. ``fixed_tokens`` [B, G] (-1 = free) are written into the completion before decoding
-    and never remasked or edited (inpainting).
+    and never remasked or edited (inpainting). ``unmasking_policy`` decides the commits (default:
+    the one at ``cfg.unmasking_policy``, if set; else the configured heuristic rule).
     """
     facts = model.facts
     check_inputs(prompt_ids, prompt_mask, cfg, fixed_tokens, facts.mask_token_id)
@@ -77,7 +81,10 @@ def generate(
     grid = BlockGrid.build(prompt_mask, cfg, facts)
     canvas = Canvas.start(prompt_ids, prompt_mask, grid.canvas_width, cfg, facts, fixed_tokens)
     runner = Runner(model, canvas, make_cache(cfg, facts, canvas), bsz)
-    loop = DenoisingLoop(model, canvas, grid, runner, cfg, torch.arange(bsz, device=device) if sample_ids is None else sample_ids.to(device))
+    if unmasking_policy is None and cfg.unmasking_policy is not None:
+        unmasking_policy = policy_from_path(cfg.unmasking_policy, device)
+    ids = torch.arange(bsz, device=device) if sample_ids is None else sample_ids.to(device)
+    loop = DenoisingLoop(model, canvas, grid, runner, cfg, ids, unmasking_policy)
     for rnd in range(grid.rounds):
         loop.run_block(rnd)
         if not loop.active.any():
@@ -95,6 +102,7 @@ def generate(
         stop_token_ids=facts.stop_token_ids,
         nfe_cache=runner.nfe_cache,
         edits=EditLog.cat(loop.edit_log) if loop.edit_log else None,
+        **loop.decisions,
     )
 
 
@@ -107,6 +115,7 @@ def generate_chunked(
     chunk: int | None = None,
     sample_ids: Tensor | None = None,
     fixed_tokens: Tensor | None = None,
+    unmasking_policy: UnmaskingPolicy | None = None,
 ) -> Rollout:
     """:func:`generate` over the batch in chunks of ``chunk`` samples (None: one chunk), concatenated
     with every per-sample record (``trainer.rollout_batch_size`` bounds a rollout's memory this way).
@@ -117,7 +126,7 @@ def generate_chunked(
     parts = [
         generate(
             model, prompt_ids[s : s + step], prompt_mask[s : s + step], cfg, sample_ids=ids[s : s + step],
-            fixed_tokens=None if fixed_tokens is None else fixed_tokens[s : s + step],
+            fixed_tokens=None if fixed_tokens is None else fixed_tokens[s : s + step], unmasking_policy=unmasking_policy,
         )
         for s in range(0, bsz, step)
     ]
@@ -127,10 +136,12 @@ def generate_chunked(
 class DenoisingLoop:
     """The state of one rollout between steps: which samples are active, what each step decided."""
 
-    def __init__(self, model: DiffusionLM, canvas: Canvas, grid: BlockGrid, runner: Runner, cfg: RolloutConfig, sample_ids: Tensor) -> None:
+    def __init__(
+        self, model: DiffusionLM, canvas: Canvas, grid: BlockGrid, runner: Runner, cfg: RolloutConfig, sample_ids: Tensor, policy: UnmaskingPolicy | None = None
+    ) -> None:
         self.model, self.canvas, self.grid, self.runner, self.cfg = model, canvas, grid, runner, cfg
         self.sample_ids = sample_ids
-        self.rule = UnmaskingRule(cfg)
+        self.rule = make_rule(cfg, policy, eos_id=model.facts.eos_token_id)
         facts = model.facts
         self.mask_id, self.eos_id = facts.mask_token_id, facts.eos_token_id
         self.stop_ids = torch.tensor(facts.stop_token_ids, device=canvas.tokens.device)
@@ -141,6 +152,16 @@ class DenoisingLoop:
         self.confidence = torch.zeros(bsz, glen, device=device)
         self.logprob = torch.zeros(bsz, glen, device=device)
         self.edit_log: list[EditLog] = []
+        # The learned rule's record, one slot per step a sample can take: a block-causal grid may
+        # span one block more than the completion, so every rollout of a recipe has one width.
+        self.decisions: dict[str, Tensor] = {}
+        if isinstance(self.rule, LearnedUnmaskingRule):
+            slots, block = (cfg.num_blocks + 1) * self.rule.max_steps, cfg.block_length
+            self.decisions = {
+                "unmask_logprob": torch.zeros(bsz, slots, device=device),
+                "unmask_features": torch.zeros(bsz, slots, block, len(FEATURES), device=device),
+                "unmask_commits": torch.zeros(bsz, slots, block, dtype=torch.bool, device=device),
+            }
 
     def run_block(self, rnd: int) -> None:
         """Denoise every active row's block of round ``rnd`` until the rule says it is done."""
@@ -162,7 +183,9 @@ class DenoisingLoop:
                     break
                 continue
             hidden = self.runner.block_hidden(rows, lo[rows], cols.shape[1], rnd)
-            committed, edited = self._decide(rows, hidden, tokens[rows], masked[rows], editable[rows], comp[rows], k[rows])
+            committed, edited = self._decide(rows, hidden, tokens[rows], masked[rows], editable[rows], comp[rows], k[rows], s)
+            if self.rule.running_confidence:
+                self._remask_least_confident(rows, comp[rows], (in_completion & ~fixed)[rows], masked[rows].sum(1) - k[rows])
             progress.record(rows, committed, edited)
             self.step[rows] += 1
             if self.cfg.stop_at_eos:
@@ -170,10 +193,16 @@ class DenoisingLoop:
             if not self.active.any():
                 break
 
-    def _decide(self, rows: Tensor, hidden: Tensor, tokens: Tensor, masked: Tensor, editable: Tensor, comp: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    def _decide(self, rows: Tensor, hidden: Tensor, tokens: Tensor, masked: Tensor, editable: Tensor, comp: Tensor, k: Tensor, block_step: int) -> tuple[Tensor, Tensor]:
         """Decode the rows' candidates, ask the rule, write its choice; returns (committed, edited) [n, block]."""
         step = self._decode(rows, hidden, tokens, masked, editable, comp)
-        committed, edited = self.rule.decide(step, k)
+        committed, edited = self.rule.decide(step, k, block_step)
+        if self.decisions:
+            assert isinstance(self.rule, LearnedUnmaskingRule) and self.rule.last is not None
+            decision, slot = self.rule.last, self.step[rows]
+            self.decisions["unmask_logprob"][rows, slot] = decision.logprob
+            self.decisions["unmask_features"][rows, slot] = decision.features
+            self.decisions["unmask_commits"][rows, slot] = decision.commits
         self._write(rows, comp, step, committed, edited)
         return committed, edited
 
@@ -209,6 +238,7 @@ class DenoisingLoop:
             logprob=block(decoded.logprob.float(), 0.0),
             score=block(torch.where(is_masked, self.rule.scores(decoded, uniforms), float("-inf")), float("-inf")),
             margin=block(torch.where(is_masked, decoded.margin.double(), float("nan")), float("nan")),
+            entropy=block(torch.where(is_masked, decoded.entropy.double(), float("nan")), float("nan")),
             uniform=block(uniforms, 0.5),
         )
 
@@ -225,6 +255,15 @@ class DenoisingLoop:
         self.step_map[rr, pos] = self.step[rr]
         self.confidence[rr, pos] = step.prob[wr, wc].float()
         self.logprob[rr, pos] = step.logprob[wr, wc]
+
+    def _remask_least_confident(self, rows: Tensor, comp: Tensor, writable: Tensor, keep_masked: Tensor) -> None:
+        """Running-confidence remasking: mask again the ``keep_masked`` [n] decoded, non-fixed
+        tokens of each row's block with the lowest confidence recorded when they were written."""
+        completion = self.canvas.completion
+        written = writable & (completion[rows[:, None], comp] != self.mask_id)
+        remask = running_confidence_remask(self.confidence[rows[:, None], comp], written, keep_masked.clamp_min(0))
+        rr, cc = remask.nonzero(as_tuple=True)
+        completion[rows[rr], comp[rr, cc]] = self.mask_id
 
     def _stop_finished(self) -> None:
         """Rows that committed their first stop token with no mask before it leave the batch; what

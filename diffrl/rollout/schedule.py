@@ -34,12 +34,24 @@ class BlockSchedule:
 
     def __init__(self, kind: str, num_masked: Tensor, steps: int, eps: float) -> None:
         self.kind, self.steps, self.eps = kind, steps, eps
-        self.linear = transfer_counts(num_masked, steps) if kind == "linear" else None
+        # The linear and ascending schedules fix every step's count when the block starts.
+        planned = {"linear": transfer_counts, "ascending": ascending_counts}.get(kind)
+        self.planned = planned(num_masked, steps) if planned is not None else None
 
     def counts(self, step: int, num_masked: Tensor) -> Tensor:
         """Tokens to commit at ``step`` (0-based within the block) given the masks left now [B]."""
         if step >= self.steps:
             return torch.zeros_like(num_masked)
-        if self.linear is not None:
-            return self.linear[:, step]
+        if self.planned is not None:
+            return self.planned[:, step]
         return proportional_counts(num_masked, step, self.steps, self.eps)
+
+
+def ascending_counts(num_masked: Tensor, steps: int) -> Tensor:
+    """CJ-GRPO's Ascending Step-Size schedule [B, steps]: step i commits 2^i tokens and the last
+    step all that are left (EOSER-ASS-RL get_num_transfer_tokens_ass); a block with fewer masks
+    than the doubling asks for runs out early (its later steps commit 0)."""
+    doubling = 2 ** torch.arange(steps, device=num_masked.device)
+    done = torch.minimum(doubling.cumsum(0)[None, :], num_masked[:, None])
+    done[:, -1] = num_masked
+    return torch.diff(done, dim=1, prepend=torch.zeros_like(done[:, :1]))

@@ -96,6 +96,11 @@ class Rollout:
     that step and ``logprob`` its log-probability under the sampling distribution then. ``nfe``
     counts the forwards each sample took part in, ``nfe_cache`` those of them that (re)computed
     cached K/V (refreshes, block stores; each also decoded, so they are part of ``nfe``).
+
+    With a learned unmasking rule, ``unmask_logprob[b, s]`` is the log-probability of sample
+    ``b``'s commit decision at its step ``s`` (0 after its last step), ``unmask_features[b, s]``
+    the policy's input then [block, F] and ``unmask_commits[b, s]`` what it committed [block], so
+    the decisions can be rescored by an updated policy; without one they have width 0.
     """
 
     prompt_ids: Tensor = _rows(PROMPT)
@@ -109,6 +114,9 @@ class Rollout:
     sample_ids: Tensor = _rows(IDENTITY)
     stop_token_ids: tuple[int, ...]
     nfe_cache: Tensor = _rows(RECORD, default=None)
+    unmask_logprob: Tensor = _rows(RECORD, default=None)
+    unmask_features: Tensor = _rows(RECORD, default=None)
+    unmask_commits: Tensor = _rows(RECORD, default=None)
     # Row-indexed, not one entry per row: every row operation renumbers it.
     edits: EditLog = None  # type: ignore[assignment]
     completion_mask: Tensor = field(init=False)
@@ -117,6 +125,13 @@ class Rollout:
         self.completion_mask = completion_mask(self.completion_ids, self.stop_token_ids)
         if self.nfe_cache is None:
             self.nfe_cache = torch.zeros_like(self.nfe)
+        rows, device = len(self), self.completion_ids.device
+        if self.unmask_logprob is None:
+            self.unmask_logprob = torch.zeros(rows, 0, device=device)
+        if self.unmask_features is None:
+            self.unmask_features = torch.zeros(rows, 0, 0, 0, device=device)
+        if self.unmask_commits is None:
+            self.unmask_commits = torch.zeros(rows, 0, 0, dtype=torch.bool, device=device)
         if self.edits is None:
             self.edits = EditLog.empty(self.completion_ids.device)
 

@@ -11,6 +11,13 @@ The engine only decodes the candidates, asks the rule, and writes what it chose.
 * Commit: the factor rule, else a threshold rule, else (Gumbel-)top-k on the remasking score; the
   early-commit margin may add every masked position of a confident block
   (:mod:`~diffrl.rollout.selection` holds the rules).
+* Learned (:class:`LearnedUnmaskingRule`): a small policy network reads the block's features and
+  commits each masked position with its own probability, at least one per step (no quota); its
+  decisions' log-probabilities are recorded for training (:mod:`~diffrl.rollout.unmasking_policy`).
+* Trajectory rules (:mod:`~diffrl.rollout.trajectory_rules`): EOS Early Rejection scales the
+  score of EOS candidates by a factor rising over the block (CJ-GRPO); running-confidence
+  remasking writes every masked position and leaves the engine to mask the least confident
+  decoded ones again (MDPO).
 * Edit (LLaDA2.1): a decoded, non-fixed position whose new choice differs and is confident enough;
   once a block has no masks, up to ``max_post_steps`` more steps run while they change tokens.
 """
@@ -26,6 +33,8 @@ from diffrl.kernels import DecodeResult
 from diffrl.rollout.config import RolloutConfig
 from diffrl.rollout.schedule import BlockSchedule
 from diffrl.rollout.selection import commit_topk, decode_stats, dynamic_commit, factor_commit, remasking_scores, sample_topk, threshold_commit
+from diffrl.rollout.unmasking_policy import UnmaskingPolicy, block_features, decision_logprob, sample_decision
+from diffrl.rollout.trajectory_rules import block_progress, reject_eos
 
 
 @dataclass
@@ -46,14 +55,18 @@ class Candidates:
     logprob: Tensor
     score: Tensor
     margin: Tensor
+    entropy: Tensor
     uniform: Tensor
 
 
 class UnmaskingRule:
     """The configured decision: steps per block, quotas, commits and edits."""
 
-    def __init__(self, cfg: RolloutConfig) -> None:
+    def __init__(self, cfg: RolloutConfig, eos_id: int | None = None) -> None:
         self.cfg = cfg
+        # EOS Early Rejection scales the score of EOS candidates (needs the family's EOS id).
+        self.eos_id = eos_id if cfg.eos_min_gamma is not None else None
+        self.running_confidence = cfg.running_confidence
         # The distribution the remasking score reads (see decode_step's ``stats``).
         self.stats = decode_stats(cfg.remasking)
         self.editing = cfg.editing_threshold is not None
@@ -75,13 +88,20 @@ class UnmaskingRule:
         """The remasking score of each decoded candidate (higher commits first), float64."""
         return remasking_scores(self.cfg.remasking, decoded, uniforms)
 
-    def decide(self, step: Candidates, k: Tensor) -> tuple[Tensor, Tensor]:
+    def decide(self, step: Candidates, k: Tensor, block_step: int = 0) -> tuple[Tensor, Tensor]:
         """(committed, edited) [rows, block]: masked positions to commit, given the schedule's
-        counts ``k`` [rows], and decoded positions to replace."""
-        return self.commit(step, k) & step.masked, self.edits(step)
+        counts ``k`` [rows] at in-block step ``block_step``, and decoded positions to replace."""
+        if self.running_confidence:
+            # Every masked position is written; the engine masks the least confident ones again.
+            return torch.isfinite(step.score) & step.masked, self.edits(step)
+        return self.commit(step, k, block_step) & step.masked, self.edits(step)
 
-    def commit(self, step: Candidates, k: Tensor) -> Tensor:
+    def commit(self, step: Candidates, k: Tensor, block_step: int = 0) -> Tensor:
         cfg, scores = self.cfg, step.score
+        if self.eos_id is not None:
+            assert cfg.eos_min_gamma is not None
+            progress = block_progress(block_step, cfg.steps_per_block, ascending=cfg.schedule == "ascending")
+            scores = reject_eos(scores, step.token, self.eos_id, cfg.eos_min_gamma + (cfg.eos_max_gamma - cfg.eos_min_gamma) * progress)
         if cfg.factor is not None:
             chosen = factor_commit(scores, cfg.factor)
         elif cfg.threshold is not None and cfg.threshold_rule == "fast_dllm":
@@ -129,3 +149,40 @@ class BlockProgress:
     def record(self, rows: Tensor, committed: Tensor, edited: Tensor) -> None:
         """Rows ``rows`` took a step; a post step runs again only while the last one changed tokens."""
         self.changed[rows] = committed.any(1) | edited.any(1)
+
+
+@dataclass
+class Decision:
+    """One step of the learned rule for its rows: the policy's input [rows, block, F], the commits
+    it drew [rows, block] and their log-probability [rows]."""
+
+    features: Tensor
+    commits: Tensor
+    logprob: Tensor
+
+
+class LearnedUnmaskingRule(UnmaskingRule):
+    """The commit decision of a learned policy (paper: arXiv 2512.09106): per masked position a
+    Bernoulli draw with the policy's probability, keyed by the step's uniforms (so cached and
+    uncached loops draw alike), and at least one commit per step; the schedule is not used.
+    Edits (LLaDA2.1) stay the configured rule's. ``last`` holds the latest step's decision."""
+
+    def __init__(self, cfg: RolloutConfig, policy: UnmaskingPolicy) -> None:
+        super().__init__(cfg)
+        self.policy = policy
+        self.commits_at_least_one, self.needs_quota = True, False
+        self.max_steps = cfg.block_length + cfg.max_post_steps
+        self.last: Decision | None = None
+
+    def commit(self, step: Candidates, k: Tensor, block_step: int = 0) -> Tensor:
+        features = block_features(step.masked, step.prob, step.margin, step.entropy)
+        logits = self.policy(features).to(step.prob.device)
+        commits = sample_decision(logits, step.masked, step.uniform)
+        self.last = Decision(features, commits, decision_logprob(logits, step.masked, commits).float())
+        return commits
+
+
+def make_rule(cfg: RolloutConfig, policy: UnmaskingPolicy | None, eos_id: int | None = None) -> UnmaskingRule:
+    """The learned rule when a policy is given, else the configured heuristic (``eos_id``: for
+    CJ-GRPO's EOS Early Rejection)."""
+    return UnmaskingRule(cfg, eos_id=eos_id) if policy is None else LearnedUnmaskingRule(cfg, policy)

@@ -29,6 +29,7 @@ from diffrl.algorithms import PolicyBatch
 from diffrl.algorithms.advantages import Outcome
 from diffrl.algorithms.losses import token_weights
 from diffrl.algorithms.objective import PolicyObjective, UpdateTargets
+from diffrl.algorithms.unmasking_grpo import NAME as UNMASKING_GRPO
 from diffrl.rng import SEED_UPDATE, counter_hash
 from diffrl.trainer.banner import banner
 from diffrl.trainer.build import Run, setup
@@ -138,6 +139,10 @@ def train(cfg: Config, resolved: dict[str, Any] | None = None) -> dict[str, Any]
     checkpoint of a different config. SIGTERM or Ctrl-C stops it at the next step boundary with a
     checkpoint (the summary then says ``stopped_at``).
     """
+    if cfg.algorithm.name == UNMASKING_GRPO:
+        from diffrl.trainer.unmasking_policy import train_unmasking_policy  # trains the unmasking policy, not the dLLM
+
+        return train_unmasking_policy(cfg, resolved)
     world = init_distributed(cfg.trainer.device)
     plan = plan_resume(cfg)
     summary_file = Path(cfg.trainer.output_dir) / "summary.json"
