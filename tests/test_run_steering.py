@@ -153,3 +153,21 @@ def test_progress_eta_counts_only_this_phases_pace_and_prints_plain_lines_off_a_
     printed = stream.getvalue().splitlines()
     assert printed[-1] == "rl: 6/10 (60%) 3.00 s/step, elapsed 6s, ETA 12s, reward=0.500"
     assert len(printed) == 2  # one line per step: 6 steps left, fewer than the line budget
+
+
+def test_on_a_terminal_progress_is_a_bar_counting_from_the_resumed_step() -> None:
+    import fcntl
+    import os
+    import struct
+    import termios
+
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a 120-column terminal
+    with os.fdopen(slave, "w") as terminal:
+        bar = Progress("rl", 10, initial=4, stream=terminal)
+        assert bar.bar is not None
+        bar.update(1, reward=0.25)
+        bar.close()
+    shown = os.read(master, 4096).decode()
+    os.close(master)
+    assert "rl:" in shown and "5/10" in shown and "reward=0.250" in shown
