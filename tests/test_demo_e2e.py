@@ -33,8 +33,10 @@ def test_demo_recipe_runs_and_writes_its_records(tmp_path: Path) -> None:
     run_files = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(run_files) == 1
     record = read_offline_run(run_files[0])
-    assert len(record["history"]) == 4
-    assert all(k in record["history"][-1] for k in VERL_METRICS)
+    steps = [row for row in record["history"] if "actor/pg_loss" in row]
+    assert len(steps) == 4 and all(k in steps[-1] for k in VERL_METRICS)
+    # The warm start's losses land at step 0, before the first RL step.
+    assert float(record["history"][0]["warm_start/loss_last"]) == pytest.approx(json.loads((out / "summary.json").read_text())["warm_start/loss_last"])
     assert {"model", "algorithm", "rollout", "trainer", "task"} <= set(record["config_keys"])
 
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())

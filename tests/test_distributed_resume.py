@@ -104,9 +104,10 @@ def test_two_nodes_agree_and_a_killed_run_resumes_exactly(tmp_path: Path) -> Non
     assert len(steps) == STEPS and all(k in steps[-1] for k in VERL)
     assert {"model", "algorithm", "rollout", "trainer", "task"} <= set(record["config_keys"])
     tables = [row for row in record["history"] if "samples/_type" in row]
-    assert len(tables) == STEPS // 2 and json.loads(tables[0]["samples/_type"]) == "table-file"
+    # Every second step, and the first one.
+    assert len(tables) == STEPS // 2 + 1 and json.loads(tables[0]["samples/_type"]) == "table-file"
     table = json.loads(next(run_files[0].parent.glob("files/media/table/samples_2_*.table.json")).read_text())
-    assert table["columns"] == ["step", "prompt", "completion", "reward"] and len(table["data"]) == 4
+    assert table["columns"] == ["step", "prompt", "completion", "ground_truth", "reward"] and len(table["data"]) == 4
 
     # One node, two processes, SIGKILLed once a checkpoint exists, then resumed.
     killed = tmp_path / "killed"

@@ -97,9 +97,10 @@ def summary_of(folder: Path) -> dict:
     return json.loads((folder / "summary.json").read_text())
 
 
-def test_reference_completions_score_full_marks_through_the_engine(byte_llada: Path, shared: Path, tmp_path: Path) -> None:
+def test_reference_completions_score_full_marks_through_the_engine(byte_llada: Path, shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Each row's ground truth inpainted as its completion: every sample is right, which fails if
-    a completion were paired with another row, decoded wrongly or scored against the wrong field."""
+    a completion were paired with another row, decoded wrongly or scored against the wrong field.
+    Off a terminal, progress comes as plain lines, one per batch of 3 (8 samples)."""
     recipe = compose_eval(*eval_overrides(byte_llada, shared, tmp_path, "eval.limit=8", "eval.batch_size=3", "eval.reference_field=reward_model.ground_truth"))
     summary = evaluate(recipe)
     rows = load_task_rows(recipe.task.val_files, recipe.task.rewards)[:8]
@@ -108,6 +109,8 @@ def test_reference_completions_score_full_marks_through_the_engine(byte_llada: P
     assert all(r["rewards"]["math"] == 1.0 and r["nfe"] == 0 for r in records)
     assert summary["accuracy"] == 1.0 and summary["pass@1"] == 1.0 and summary["reward/math/mean"] == 1.0
     check_against_recomputation(tmp_path, recipe, rows)
+    progress = [line.split(" ")[2] for line in capsys.readouterr().err.splitlines() if line.startswith("eval gsm8k: ")]
+    assert progress == ["3/8", "6/8", "8/8"]
 
 
 def test_a_sweep_evaluates_each_setting_and_plots_accuracy_against_tpf(byte_llada: Path, shared: Path, tmp_path: Path) -> None:

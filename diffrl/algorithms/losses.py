@@ -100,6 +100,9 @@ def clipped_policy_loss(
     metrics = {
         "actor/pg_loss": pg_loss.detach(),
         "actor/pg_clipfrac": ((clipped > unclipped).float() * w).sum(),
+        # Clipped at the lower bound 1 - epsilon (A < 0). verl's name; its value there is the
+        # dual-clip bound's, which this loss does not have.
+        "actor/pg_clipfrac_lower": (((clipped > unclipped) & (adv < 0)).float() * w).sum(),
         "actor/ppo_kl": ((old_logp - logp).detach() * w).sum(),
     }
     if beta > 0:

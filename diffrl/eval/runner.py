@@ -36,6 +36,7 @@ from diffrl.rollout import RolloutConfig, generate
 from diffrl.trainer.build import TaskData, load_task_rows, prepare_model_folder, prepare_task, prompt_encoder
 from diffrl.trainer.config import TaskConfig
 from diffrl.trainer.distributed import World, barrier, init_distributed
+from diffrl.trainer.progress import Progress
 
 SETTINGS = "settings.json"
 SUMMARY = "summary.json"
@@ -147,11 +148,16 @@ def run_setting(ev: Evaluation, rollout: RolloutConfig, folder: Path) -> dict[st
         print(f"{ev.recipe.task.name}: {len(ev.rows)} rows x {cfg.num_samples} samples: {len(done)} done, "
               f"{len(pending)} to generate on {world.world_size} rank(s) -> {folder}", flush=True)
     writer = jsonl.PartWriter(folder, world.rank)
+    mine = pending[world.rank :: world.world_size]
+    # Rank 0 shows its own share; every rank has one of the same size, so its ETA is the run's.
+    progress = Progress(f"eval {ev.recipe.task.name}", len(mine), unit="sample", enabled=world.is_main)
     try:
-        mine = pending[world.rank :: world.world_size]
         for s in range(0, len(mine), cfg.batch_size):
-            writer.write(generate_and_score(ev, rollout, mine[s : s + cfg.batch_size]))
+            batch = mine[s : s + cfg.batch_size]
+            writer.write(generate_and_score(ev, rollout, batch))
+            progress.update(len(batch))
     finally:
+        progress.close()
         writer.close()
     barrier()
     if not world.is_main:

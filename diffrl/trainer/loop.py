@@ -32,8 +32,8 @@ from diffrl.algorithms.losses import token_weights
 from diffrl.algorithms.objective import PolicyObjective, UpdateTargets
 from diffrl.algorithms.unmasking_grpo import NAME as UNMASKING_GRPO
 from diffrl.rng import SEED_UPDATE, counter_hash
+from diffrl.trainer.banner import banner
 from diffrl.trainer.build import Run, setup
-from diffrl.trainer.checkpoint import latest_checkpoint
 from diffrl.trainer.config import Config
 from diffrl.trainer.distributed import all_reduce_sum, init_distributed
 from diffrl.trainer.export import checkpoint_meta, save_final
@@ -41,10 +41,12 @@ from diffrl.trainer.global_batch import global_advantages
 from diffrl.trainer.logger import MetricLogger
 from diffrl.trainer.optim import restart
 from diffrl.trainer.plots import plot_reward_curve
+from diffrl.trainer.resume import ResumePlan, plan_resume, save_config
 from diffrl.trainer.sampling import generate_rollout, repair_samples, score_samples
 from diffrl.trainer.schedule import mini_batch_rows, num_mini_batches, update_epochs
 from diffrl.trainer.sft import sft_train_step, warm_start
-from diffrl.trainer.step_metrics import global_metrics, reward_summary, sample_rows, throughput
+from diffrl.trainer.step_metrics import global_metrics, reward_summary, run_metrics, sample_rows, throughput
+from diffrl.trainer.stop import StopSignals
 from diffrl.trainer.validate import validate
 
 
@@ -163,54 +165,89 @@ def sequence_counts(run: Run, keep: Tensor, rows: Tensor) -> float | Tensor:
 
 
 def train(cfg: Config, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run a recipe to completion; returns the summary also written to ``summary.json``."""
+    """Run a recipe to completion; returns the summary also written to ``summary.json``.
+
+    Where it starts is decided before anything is built (:func:`~diffrl.trainer.resume.plan_resume`):
+    a finished run says so and returns its summary without work; ``trainer.resume=auto`` refuses a
+    checkpoint of a different config. SIGTERM or Ctrl-C stops it at the next step boundary with a
+    checkpoint (the summary then says ``stopped_at``).
+    """
     if cfg.algorithm.name == UNMASKING_GRPO:
         from diffrl.trainer.unmasking_policy import train_unmasking_policy  # trains the unmasking policy, not the dLLM
 
         return train_unmasking_policy(cfg, resolved)
-    run = setup(cfg, init_distributed(cfg.trainer.device))
+    world = init_distributed(cfg.trainer.device)
+    plan = plan_resume(cfg)
+    summary_file = Path(cfg.trainer.output_dir) / "summary.json"
+    if plan.finished and summary_file.exists():
+        if world.is_main:
+            print(
+                f"{cfg.trainer.output_dir} already finished: step {plan.step} of {plan.total_steps} ({plan.checkpoint}); nothing to do. "
+                "Raise trainer.total_steps to train further, or use a new trainer.output_dir",
+                flush=True,
+            )
+        return json.loads(summary_file.read_text())
+    run = setup(cfg, world)
+    if world.is_main:
+        save_config(cfg)
     try:
-        return _train(run, resolved)
+        return _train(run, plan, resolved)
     finally:
         run.close()
 
 
-def _train(run: Run, resolved: dict[str, Any] | None) -> dict[str, Any]:
+def _train(run: Run, plan: ResumePlan, resolved: dict[str, Any] | None) -> dict[str, Any]:
     cfg, world = run.cfg, run.world
     start_step = 0
     ckpt_root = run.run_dir / "checkpoints"
-    resume = cfg.trainer.resume
-    path = latest_checkpoint(ckpt_root) if resume == "auto" else (None if resume == "never" else Path(resume))
     summary: dict[str, Any] = {}
-    if path is not None:
-        state = run.policy.load_checkpoint(path)
+    if plan.checkpoint is not None:
+        state = run.policy.load_checkpoint(plan.checkpoint)
         run.scheduler.load_state_dict(state["scheduler"])
         run.loader.load_state_dict(state["loader"])
         start_step = state["step"]
-        summary["resumed_from"] = str(path)
+        summary["resumed_from"] = str(plan.checkpoint)
     config_dict = resolved if resolved is not None else OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[arg-type]
-    logger = MetricLogger(run.run_dir, cfg.trainer.wandb, config_dict, cfg.trainer.total_steps, start_step=start_step, rank=world.rank, progress_bar=cfg.trainer.progress_bar)
-    if cfg.trainer.warm_start.steps and start_step == 0:
-        t0 = time.perf_counter()
-        summary.update(warm_start(run))
-        logger.write(f"warm start: {cfg.trainer.warm_start.steps} SFT steps, loss {summary['warm_start/loss_first']:.3f} -> {summary['warm_start/loss_last']:.3f} ({time.perf_counter() - t0:.1f}s)")
+    logger = MetricLogger(run.run_dir, cfg.trainer.wandb, config_dict, start_step=start_step, rank=world.rank, progress_bar=cfg.trainer.progress_bar)
+    logger.write(banner(run, plan))
+
+    def save(step: int) -> Path:
+        trainer_state = {"scheduler": run.scheduler.state_dict(), "loader": run.loader.state_dict()}
+        return run.policy.save_checkpoint(ckpt_root, step, trainer_state, checkpoint_meta(run), keep_last_n=cfg.trainer.keep_last_n)
 
     step_fn = rl_step if cfg.trainer.mode == "rl" else sft_train_step
     every = cfg.trainer.log_samples_every
-    t_train = time.perf_counter()
     history: list[float] = []
-    for step in range(start_step, cfg.trainer.total_steps):
-        metrics = step_fn(run, step)
-        if cfg.trainer.val_every and (step + 1) % cfg.trainer.val_every == 0:
-            metrics.update(validate(run))
-        history.append(metrics.get("critic/score/mean", metrics.get("sft/loss", float("nan"))))
-        logger.log(step + 1, metrics)
-        if every and (step + 1) % every == 0 and run.last_samples:
-            logger.log_samples(step + 1, run.last_samples)
-        last = step + 1 == cfg.trainer.total_steps
-        if (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0) or last:
-            trainer_state = {"scheduler": run.scheduler.state_dict(), "loader": run.loader.state_dict()}
-            run.policy.save_checkpoint(ckpt_root, step + 1, trainer_state, checkpoint_meta(run))
+    with StopSignals() as signals:
+        if cfg.trainer.warm_start.steps and start_step == 0:
+            warm = run_warm_start(run, logger, signals)
+            if warm is None:
+                logger.close()
+                return {"stopped_at": 0, "signal": signals.name}
+            summary.update(warm)
+        t_train = time.perf_counter()
+        logger.phase(cfg.trainer.mode, cfg.trainer.total_steps, initial=start_step)
+        for step in range(start_step, cfg.trainer.total_steps):
+            metrics = step_fn(run, step)
+            metrics.update(run_metrics(run, step + 1))
+            if cfg.trainer.val_every and (step + 1) % cfg.trainer.val_every == 0:
+                metrics.update(validate(run))
+            history.append(metrics.get("critic/score/mean", metrics.get("sft/loss", float("nan"))))
+            logger.log(step + 1, metrics)
+            if every and run.last_samples and (step == start_step or (step + 1) % every == 0):
+                logger.log_samples(step + 1, run.last_samples)
+            last = step + 1 == cfg.trainer.total_steps
+            stop = signals.requested(world.device)
+            if (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0) or last or stop:
+                path = save(step + 1)
+            if stop and not last:
+                logger.write(
+                    f"stopped by {signals.name or 'a signal to another rank'} at step {step + 1} of {cfg.trainer.total_steps}: "
+                    f"checkpoint {path}; run the same command again to resume (trainer.resume=auto)"
+                )
+                logger.close()
+                return {"stopped_at": step + 1, "signal": signals.name, "checkpoint": str(path)}
+    logger.end_phase()
 
     save_final(run)
     if world.is_main:
@@ -228,3 +265,34 @@ def _train(run: Run, resolved: dict[str, Any] | None) -> dict[str, Any]:
             )
     logger.close(summary)
     return summary
+
+
+class _Stopped(Exception):
+    """A stop signal arrived during the warm start."""
+
+
+def run_warm_start(run: Run, logger: MetricLogger, signals: StopSignals) -> dict[str, float] | None:
+    """The warm start with its progress, its losses in W&B (at step 0) and the console; None
+    when a signal stopped it (nothing is saved: a resume from step 0 runs it again)."""
+    cfg = run.cfg
+    steps = cfg.trainer.warm_start.steps
+    bar = logger.phase("warm start", steps)
+    losses: list[float] = []
+
+    def on_step(step: int, loss: float) -> None:
+        losses.append(loss)
+        bar.update(1, loss=loss)
+        if signals.requested(run.world.device):
+            raise _Stopped
+
+    t0 = time.perf_counter()
+    try:
+        result = warm_start(run, on_step)
+    except _Stopped:
+        logger.write(f"stopped by {signals.name or 'a signal to another rank'} during the warm start (step {len(losses)} of {steps}); nothing saved, a new run starts it again")
+        return None
+    seconds = time.perf_counter() - t0
+    logger.end_phase()
+    logger.log_before_training({**result, "warm_start/steps": float(steps), "timing_s/warm_start": seconds}, curve=losses)
+    logger.write(f"warm start: {steps} SFT steps, loss {result['warm_start/loss_first']:.3f} -> {result['warm_start/loss_last']:.3f} ({seconds:.1f}s)")
+    return result

@@ -107,9 +107,10 @@ class Policy:
         Collective."""
         return self.strategy.full_state_dict(trainable_only=trainable_only)
 
-    def save_checkpoint(self, root: Path, step: int, trainer_state: dict[str, Any], meta: dict[str, Any]) -> Path:
-        """Write this policy's trainable weights and optimizer state as ``root/step_N`` (collective)."""
-        return save_checkpoint(root, step, self.strategy, trainer_state, meta)
+    def save_checkpoint(self, root: Path, step: int, trainer_state: dict[str, Any], meta: dict[str, Any], *, keep_last_n: int = 0) -> Path:
+        """Write this policy's trainable weights and optimizer state as ``root/step_N``, keeping
+        the newest ``keep_last_n`` checkpoints (0 = all; collective)."""
+        return save_checkpoint(root, step, self.strategy, trainer_state, meta, keep_last_n=keep_last_n)
 
     def load_checkpoint(self, path: Path) -> dict[str, Any]:
         """Restore weights and optimizer state from a checkpoint; returns its trainer state."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,13 +121,14 @@ def sft_train_step(run: Run, step: int) -> dict[str, float]:
     return metrics
 
 
-def warm_start(run: Run) -> dict[str, float]:
+def warm_start(run: Run, on_step: Callable[[int, float], None] | None = None) -> dict[str, float]:
     """Supervised masked-diffusion steps on the task's reference responses before RL.
 
     They run through the RL strategy and optimizer (a DeepSpeed engine owns its optimizer) on
     their own learning rate, warmup then cosine decay; afterwards the optimizer state is cleared
     and the RL rates restored, so RL starts exactly as with a fresh optimizer. The KL reference is
-    then anchored to the warm-started policy (a LoRA run's stays the base).
+    then anchored to the warm-started policy (a LoRA run's stays the base). ``on_step(step,
+    loss)`` runs after each step (progress, W&B, stop requests: every rank calls it).
     """
     cfg, world = run.cfg, run.world
     ws = cfg.trainer.warm_start
@@ -145,6 +147,8 @@ def warm_start(run: Run) -> dict[str, float]:
         seed = int(counter_hash(cfg.trainer.seed, step, SEED_SUPERVISED))
         metrics = sft_step(run.policy, batch, seed, micro_batch_size=cfg.trainer.micro_batch_size, global_size=ws.batch_size)
         losses.append(metrics["sft/loss"])
+        if on_step is not None:
+            on_step(step + 1, metrics["sft/loss"])
     optimizer.state.clear()
     for group, rate in zip(optimizer.param_groups, rl_rates):
         group["lr"] = rate

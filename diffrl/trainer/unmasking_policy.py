@@ -200,7 +200,8 @@ def train_unmasking_policy(cfg: Config, resolved: dict[str, Any] | None = None) 
         run.loader.load_state_dict(state["loader"])
         start, summary["resumed_from"] = state["step"], str(path)
     config_dict = resolved if resolved is not None else OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[arg-type]
-    logger = MetricLogger(run.run_dir, cfg.trainer.wandb, config_dict, cfg.trainer.total_steps, start_step=start, rank=world.rank, progress_bar=cfg.trainer.progress_bar)
+    logger = MetricLogger(run.run_dir, cfg.trainer.wandb, config_dict, start_step=start, rank=world.rank, progress_bar=cfg.trainer.progress_bar)
+    logger.phase("unmasking policy", cfg.trainer.total_steps, initial=start)
     scores, nfes = [], []
     for step in range(start, cfg.trainer.total_steps):
         metrics = train_step(run, step)
