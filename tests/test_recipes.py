@@ -159,3 +159,29 @@ def test_multirun_jobs_train_in_folders_of_their_own(tmp_path: Path) -> None:
         assert (out / job / "checkpoints" / "step_000001" / "COMPLETE").exists(), job
         assert f"optim.lr={lr}" in (out / job / ".hydra" / "overrides.yaml").read_text().replace("'", "")
         assert (out / job / "metrics.jsonl").read_text().count("\n") == 1
+
+
+def _unlisted(schema: Any, node: Any, prefix: str) -> list[str]:
+    """Dataclass fields of ``schema`` that the composed ``node`` does not list (recursively)."""
+    import dataclasses
+
+    missing = []
+    for f in dataclasses.fields(schema):
+        if f.name not in node:
+            missing.append(prefix + f.name)
+        elif dataclasses.is_dataclass(value := getattr(schema, f.name)) and OmegaConf.is_dict(node[f.name]):
+            missing += _unlisted(value, node[f.name], f"{prefix}{f.name}.")
+    return missing
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_every_setting_is_listed_so_the_command_line_can_set_it(group: str, option: str) -> None:
+    """Hydra refuses ``task.key=value`` for a key its YAML does not list, so each group option
+    must list every field of its schema (a new field left out of the YAML is unreachable)."""
+    raw = compose_recipe(f"{group}={option}")
+    cfg = to_config(raw)
+    missing = _unlisted(getattr(cfg, group), raw[group], f"{group}.")
+    assert not missing, f"{group}={option} does not list {missing} in its YAML"
+    override = {"task": "task.on_bad_rows=skip", "rollout": "rollout.running_confidence=false", "trainer": "trainer.keep_last_n=2"}.get(group)
+    if override:
+        to_config(compose_recipe(f"{group}={option}", override))

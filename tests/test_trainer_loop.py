@@ -46,3 +46,41 @@ def test_a_chunked_cached_editing_step_logs_the_rollouts_cache_forwards_and_edit
     assert metrics["rollout/nfe_denoise"] == want["rollout/nfe_denoise"] < metrics["rollout/nfe"] == want["rollout/nfe"]
     assert want["rollout/edits"] > 0 and metrics["rollout/edits"] == want["rollout/edits"]
     assert metrics["rollout/edits"] == len(expected.edits) / len(expected)
+
+
+def test_setup_skips_bad_rows_and_filters_overlong_prompts_when_asked(tmp_path: Path) -> None:
+    """``task.on_bad_rows=skip`` and ``task.filter_overlong_prompts`` reach the run's loader: a
+    row without a ground truth is dropped (and stops the run by default), and prompts longer than
+    ``task.max_prompt_length`` tokens are left out of the training rows."""
+    import pandas as pd
+    import pytest
+
+    from diffrl.data import DataError, load_rows
+    from diffrl.trainer.build import setup
+    from diffrl.trainer.distributed import init_distributed
+
+    base = recipe(f"trainer.output_dir={tmp_path / 'gen'}", "task.synthetic.num_train=8", "task.synthetic.num_val=4")
+    run = setup(base, init_distributed("cpu"))
+    rows = load_rows(str(run.run_dir / "data" / "train.parquet"))
+    rows[2] = {**rows[2], "reward_model": {"ground_truth": None}}
+    rows[5] = {**rows[5], "prompt": [{"role": "user", "content": rows[5]["prompt"][0]["content"] + " 1 2 3 4"}]}
+    path = tmp_path / "train.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    val = str(run.run_dir / "data" / "val.parquet")
+    width = max(len(run.encoder.token_ids(r)) for i, r in enumerate(rows) if i != 5)
+    model_dir = run.model_dir
+    run.close()
+
+    def configured(*extra: str):
+        return recipe(
+            f"trainer.output_dir={tmp_path / 'run'}", f"task.train_files=[{path}]", f"task.val_files=[{val}]", "task.synthetic=null", f"model.path={model_dir}",
+            "trainer.batch_size=1", f"task.max_prompt_length={width}", *extra,
+        )
+
+    with pytest.raises(DataError, match="row 2: field 'reward_model.ground_truth' is missing"):
+        setup(configured(), init_distributed("cpu"))
+    run = setup(configured("task.on_bad_rows=skip", "task.filter_overlong_prompts=true"), init_distributed("cpu"))
+    kept = [run.loader.next_batch()[0] for _ in range(len(rows))]
+    contents = {r["prompt"][0]["content"] for r in kept}
+    assert contents == {r["prompt"][0]["content"] for i, r in enumerate(rows) if i not in (2, 5)}
+    run.close()

@@ -78,7 +78,7 @@ def held_out_rows(task: TaskConfig, out: Path, world: World) -> TaskData:
         return prepare_task(task, out, world)
     if not task.val_files:
         raise DataError(f"task.val_files is empty for task {task.name!r}; evaluation reads the test set from it")
-    return TaskData(train_rows=[], val_rows=load_task_rows(task.val_files, task.rewards))
+    return TaskData(train_rows=[], val_rows=load_task_rows(task.val_files, task.rewards, on_bad_rows=task.on_bad_rows))
 
 
 def setup(recipe: EvalRecipe, world: World, out: Path) -> Evaluation:

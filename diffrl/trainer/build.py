@@ -6,14 +6,17 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from diffrl.algorithms import Algorithm, build_algorithm
-from diffrl.data import DataError, PromptEncoder, PromptLoader, load_rows
+from diffrl.data import PromptEncoder, PromptLoader, load_rows
+from diffrl.data.prompts import filter_overlong
 from diffrl.data.synthetic import synthetic_task
+from diffrl.errors import DiffrlConfigError
 from diffrl.kernels import set_backend
 from diffrl.models import load_pretrained, random_model, save_pretrained
 from diffrl.models.base import DiffusionLM
@@ -80,8 +83,9 @@ def setup(cfg: Config, world: World) -> Run:
     tokenizer = load_tokenizer(model_dir)
     model = load_pretrained(model_dir, dtype=cfg.model.dtype, device=world.device, overrides=cfg.model.overrides())
     policy, reference, scheduler = build_policy(model, cfg, model_dir)
-    loader = PromptLoader(task.train_rows, cfg.trainer.batch_size, seed=cfg.trainer.seed, rank=world.rank, world_size=world.world_size)
     encoder = prompt_encoder(tokenizer, cfg.task, model.facts.pad_token_id)
+    train_rows = filter_overlong(task.train_rows, encoder) if cfg.task.filter_overlong_prompts else task.train_rows
+    loader = PromptLoader(train_rows, cfg.trainer.batch_size, seed=cfg.trainer.seed, rank=world.rank, world_size=world.world_size)
     rewards = RewardRunner(cfg.task.rewards, allow_unsafe_code=cfg.task.allow_unsafe_code)
     return Run(cfg, world, run_dir, model_dir, policy, reference, tokenizer, algorithm, scheduler, loader, encoder, rewards, task)
 
@@ -125,28 +129,20 @@ def prepare_task(cfg: TaskConfig, run_dir: Path, world: World, answer_field: str
         barrier()
         train_files, val_files = [str(data_dir / "train.parquet")], [str(data_dir / "val.parquet")]
         tokenizer = task.tokenizer()
-    train = load_task_rows(train_files, cfg.rewards, answer_field)
-    val = load_task_rows(val_files, cfg.rewards) if val_files else []
+    train = load_task_rows(train_files, cfg.rewards, answer_field, on_bad_rows=cfg.on_bad_rows)
+    val = load_task_rows(val_files, cfg.rewards, on_bad_rows=cfg.on_bad_rows) if val_files else []
     return TaskData(train_rows=train, val_rows=val, tokenizer=tokenizer)
 
 
-def load_task_rows(files: list[str], rewards: list[RewardSpec], answer_field: str | None = None) -> list[dict[str, Any]]:
+def load_task_rows(
+    files: list[str], rewards: list[RewardSpec], answer_field: str | None = None, on_bad_rows: str = "error"
+) -> list[dict[str, Any]]:
     """Every row of ``files``, checked at load for the fields the task's rewards read (and the
-    reference answer at ``answer_field``); a bad row stops the run with its file, row and field named."""
-    required = required_fields(rewards)
-    if not files:
-        return load_rows(files, required)  # raises: no data files given
-    rows = []
-    for path in files:
-        file_rows = load_rows(path, required)
-        if answer_field is not None:
-            check_reference_answers(file_rows, answer_field, path)
-        for i, row in enumerate(file_rows):
-            try:
-                check_row(rewards, row)
-            except ValueError as err:
-                raise DataError(f"{path}: row {i}: {err}") from None
-            rows.append(row)
+    reference answer at ``answer_field``); bad rows are all reported with file, row and field, and
+    stop the run (``on_bad_rows="error"``) or are dropped and counted (``"skip"``)."""
+    rows = load_rows(files, required_fields(rewards), checks=[partial(check_row, rewards)], on_bad_rows=on_bad_rows)
+    if answer_field is not None:
+        check_reference_answers(rows, answer_field, ", ".join(files))
     return rows
 
 
@@ -167,9 +163,9 @@ def prepare_model_folder(cfg: ModelConfig, task: TaskData, run_dir: Path, world:
     if cfg.path:
         return Path(cfg.path)
     if not cfg.init_config:
-        raise ValueError("set model.path to a checkpoint folder, or model.init_config to build a fresh model")
+        raise DiffrlConfigError("set model.path to a checkpoint folder, or model.init_config to build a fresh model")
     if task.tokenizer is None:
-        raise ValueError("a fresh model (model.path=null) needs a task that brings its tokenizer (task.synthetic)")
+        raise DiffrlConfigError("a fresh model (model.path=null) needs a task that brings its tokenizer (task.synthetic)")
     folder = run_dir / "init"
     tok = task.tokenizer
     config = dict(cfg.init_config)
@@ -181,7 +177,7 @@ def prepare_model_folder(cfg: ModelConfig, task: TaskData, run_dir: Path, world:
         existing = json.loads((folder / "config.json").read_text())
         differs = [k for k in config if k not in ("torch_dtype", "dtype") and existing.get(k) != config[k]]
         if differs:
-            raise ValueError(
+            raise DiffrlConfigError(
                 f"{folder} holds a fresh model built from a different model.init_config ({', '.join(differs)}); "
                 "use a new trainer.output_dir (or delete that folder) to start over"
             )
