@@ -66,7 +66,6 @@ class StepTimer:
         self.forward = self.decode = 0.0
         self.device = device
         self.real_decode = engine.decode_step
-        self.real_forward = model.forward
         model.forward = self._timed(model.forward, "forward")
         engine.decode_step = self._timed(engine.decode_step, "decode")
         self.model = model
