@@ -4,6 +4,8 @@
     python scripts/bench_rollout.py --size tiny --gen-length 32      # seconds: does every setting run?
     python scripts/bench_rollout.py --families llada --gen-length 64 --block-length 32
     python scripts/bench_rollout.py --device cuda --size real --batch 8 --gen-length 256
+    python scripts/bench_rollout.py --batches 1 8 32 --gen-length 64   # batch throughput, cached + threshold
+    python scripts/bench_rollout.py --recipes --gen-length 64          # paper-faithful vs fast rollout recipes
 
 Each family is a random model of its published architecture (config.json from ``--hf-root``) at
 the chosen size. ``tiny`` is the tests' size (``diffrl.models.tiny``: width 64, two or three
@@ -16,6 +18,13 @@ the agreement column is the share of tokens equal to the uncached loop's (1.00 w
 exact). Random weights have no real confidence structure: threshold decoding's parallelism depends
 on the weight scale (``--std``), so its TPF here says how the engine performs at that TPF, not what
 TPF a trained model reaches. A benchmark, not a test: it asserts nothing.
+
+``--batches`` runs the cached engine with threshold decoding at each batch size (distinct prompts)
+and reports tokens/s against the first size, with the occupancy: the mean share of the batch's rows
+a forward runs (rows whose block is done wait for the others and are left out of the forward, so a
+low occupancy is time the batch spends on fewer rows than it has). ``--recipes`` compares each
+family's paper-faithful rollout recipe with its ``*_fast`` counterpart (``recipes/rollout/``, length
+set by ``--gen-length``).
 """
 
 from __future__ import annotations
@@ -75,18 +84,11 @@ def timed_generate(model, prompts, mask, cfg: RolloutConfig, device: str):
 
 
 def bench_family(model_type: str, args: argparse.Namespace) -> None:
-    folder, mid, facts = MODELS[model_type]
-    config = {**json.loads((Path(args.hf_root) / folder / "config.json").read_text()), **facts}
-    if args.size != "real":
-        config = shrink_config(config, vocab_size=args.vocab, **(mid if args.size == "mid" else {}))
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-    model = random_model(config, std=args.std, dtype=dtype).to(args.device).eval()
+    model = build(model_type, args)
     facts = model.facts
     block_causal = facts.attention == "block_causal"
     block = facts.block_size if block_causal else args.block_length
-    gen = torch.Generator().manual_seed(0)
-    prompts = torch.randint(0, min(facts.mask_token_id, facts.eos_token_id) - 1, (args.batch, args.prompt_length), generator=gen).to(args.device)
-    mask = torch.ones_like(prompts, dtype=torch.bool)
+    prompts, mask = prompts_of(model, args, args.batch)
     cfgs = settings(args, block, "prefix" if block_causal else args.cache)
     generate(model, prompts[:1], mask[:1], replace(cfgs["cached"], max_completion_length=block, steps=1))  # warm-up
     print(f"\n{model_type} ({facts.attention}, block {block}, cache {'block' if block_causal else args.cache})")
@@ -103,6 +105,74 @@ def bench_family(model_type: str, args: argparse.Namespace) -> None:
         base_rate = rate if base_rate is None else base_rate
         agree = (out.completion_ids == reference).float().mean().item()
         print(f"{name:18} {rate:10.1f} {out.nfe.float().mean().item():7.1f} {tpf:6.2f} {seconds:8.2f} {agree:6.2f} {rate / base_rate:7.2f}x")
+
+
+# family -> (paper-faithful rollout recipe, fast rollout recipe) in recipes/rollout/.
+RECIPE_PAIRS = {"llada": ("llada_d1", "llada_d1_fast"), "Dream": ("dream_instruct", "dream_instruct_fast")}
+
+
+def build(model_type: str, args: argparse.Namespace):
+    """The family's random model at ``--size``."""
+    folder, mid, facts = MODELS[model_type]
+    config = {**json.loads((Path(args.hf_root) / folder / "config.json").read_text()), **facts}
+    if args.size != "real":
+        config = shrink_config(config, vocab_size=args.vocab, **(mid if args.size == "mid" else {}))
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    return random_model(config, std=args.std, dtype=dtype).to(args.device).eval()
+
+
+def bench_batches(model_type: str, args: argparse.Namespace) -> None:
+    """Tokens/s of the cached engine with threshold decoding at each of ``--batches``."""
+    model = build(model_type, args)
+    block_causal = model.facts.attention == "block_causal"
+    block = model.facts.block_size if block_causal else args.block_length
+    cfg = settings(args, block, "prefix" if block_causal else args.cache)["cached+threshold"]
+    generate(model, *prompts_of(model, args, 1), replace(cfg, max_completion_length=block, steps=1))  # warm-up
+    print(f"\n{model_type} cached+threshold {args.threshold} (cache {'block' if block_causal else args.cache}, block {block})")
+    print(f"{'batch':>6} {'tokens/s':>10} {'vs first':>9} {'forwards':>9} {'occupancy':>10} {'TPF':>6} {'seconds':>8}")
+    base = None
+    for bsz in args.batches:
+        sizes: list[int] = []
+        hook = model.register_forward_hook(lambda _m, inputs, _out: sizes.append(inputs[0].shape[0]))
+        out, seconds = timed_generate(model, *prompts_of(model, args, bsz), cfg, args.device)
+        hook.remove()
+        rate = bsz * args.gen_length / seconds
+        base = rate if base is None else base
+        tpf = tokens_per_forward(out.step_map, torch.ones_like(out.completion_mask), out.nfe).mean().item()
+        occupancy = sum(sizes) / (len(sizes) * bsz)
+        print(f"{bsz:6d} {rate:10.1f} {rate / base:8.2f}x {len(sizes):9d} {occupancy:10.2f} {tpf:6.2f} {seconds:8.2f}")
+
+
+def bench_recipes(model_type: str, args: argparse.Namespace) -> None:
+    """NFE, TPF and tokens/s of the family's faithful and fast rollout recipes."""
+    import yaml
+
+    model = build(model_type, args)
+    root = Path(__file__).resolve().parents[1] / "recipes" / "rollout"
+    print(f"\n{model_type} rollout recipes at gen {args.gen_length} (steps scaled with it), batch {args.batch}")
+    print(f"{'recipe':22} {'tokens/s':>10} {'NFE':>7} {'TPF':>6} {'seconds':>8} {'speedup':>8}")
+    base = None
+    for name in RECIPE_PAIRS[model_type]:
+        fields = yaml.safe_load((root / f"{name}.yaml").read_text())
+        scale = args.gen_length / fields["max_completion_length"]
+        fields.update(
+            max_completion_length=args.gen_length, block_length=min(fields["block_length"], args.gen_length),
+            steps=max(args.gen_length // min(fields["block_length"], args.gen_length), int(fields["steps"] * scale)), stop_at_eos=False,
+        )
+        cfg = RolloutConfig(**fields)
+        out, seconds = timed_generate(model, *prompts_of(model, args, args.batch), cfg, args.device)
+        rate = args.batch * args.gen_length / seconds
+        base = rate if base is None else base
+        tpf = tokens_per_forward(out.step_map, torch.ones_like(out.completion_mask), out.nfe).mean().item()
+        print(f"{name:22} {rate:10.1f} {out.nfe.float().mean().item():7.1f} {tpf:6.2f} {seconds:8.2f} {rate / base:7.2f}x")
+
+
+def prompts_of(model, args: argparse.Namespace, bsz: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``bsz`` distinct random prompts (seeded) and their all-true mask."""
+    facts = model.facts
+    gen = torch.Generator().manual_seed(0)
+    prompts = torch.randint(0, min(facts.mask_token_id, facts.eos_token_id) - 1, (bsz, args.prompt_length), generator=gen).to(args.device)
+    return prompts, torch.ones_like(prompts, dtype=torch.bool)
 
 
 def main() -> None:
@@ -127,6 +197,8 @@ def main() -> None:
     parser.add_argument("--cache", choices=("prefix", "dual"), default="dual", help="bidirectional cache (block-causal: the block cache)")
     parser.add_argument("--threshold", type=float, default=0.9)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (1 gives steady numbers on a shared machine)")
+    parser.add_argument("--batches", type=int, nargs="+", default=None, help="batch throughput of cached+threshold at these sizes")
+    parser.add_argument("--recipes", action="store_true", help=f"faithful vs fast rollout recipes ({', '.join(RECIPE_PAIRS)})")
     args = parser.parse_args()
     if args.vocab is None:
         args.vocab = 512 if args.size == "tiny" else 8192
@@ -138,7 +210,13 @@ def main() -> None:
         f"gen={args.gen_length} steps={args.gen_length} T=0 threads={torch.get_num_threads()}"
     )
     for model_type in args.families:
-        bench_family(model_type, args)
+        if args.batches:
+            bench_batches(model_type, args)
+        elif args.recipes:
+            if model_type in RECIPE_PAIRS:
+                bench_recipes(model_type, args)
+        else:
+            bench_family(model_type, args)
 
 
 if __name__ == "__main__":

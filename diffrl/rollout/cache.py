@@ -129,8 +129,11 @@ class BidirectionalCache:
 
     uses_buffer = True
 
-    def __init__(self, mode: str, refresh_steps: int, facts: ModelFacts, num_rows: int, width: int, device: torch.device) -> None:
+    def __init__(self, mode: str, refresh_steps: int, facts: ModelFacts, num_rows: int, width: int, grid_start: int, device: torch.device) -> None:
         self.mode, self.refresh_steps, self.shift, self.width = mode, refresh_steps, facts.logit_shift, width
+        # Every row of a bidirectional batch decodes on one grid starting at this column, so the
+        # windows are known on the host.
+        self.grid_start = grid_start
         self.round = torch.full((num_rows,), -1, dtype=torch.long, device=device)
         self.count = torch.zeros(num_rows, dtype=torch.long, device=device)
 
@@ -138,16 +141,21 @@ class BidirectionalCache:
         fresh_block = self.round[rows] != rnd
         periodic = (self.count[rows] % self.refresh_steps == 0) if self.refresh_steps else torch.zeros_like(fresh_block)
         refresh = fresh_block | periodic
-        groups = []
-        if refresh.any():
-            index = refresh.nonzero().squeeze(1)
-            groups.append((index, Window(0, self.width, self.width, writes_cache=torch.ones_like(index, dtype=torch.bool))))
-        if (~refresh).any():
-            index = (~refresh).nonzero().squeeze(1)
-            start = int(lo[index].min()) - self.shift  # rows of a bidirectional batch share one grid
-            end = self.width if self.mode == "prefix" else int((lo[index] + block).max())
-            groups.append((index, Window(start, end, self.width, writes_cache=torch.zeros_like(index, dtype=torch.bool))))
-        return groups
+        some, every = torch.stack((refresh.any(), refresh.all())).tolist()  # the plan's one sync
+        lo_host = self.grid_start + rnd * block
+        full = Window(0, self.width, self.width, writes_cache=torch.ones_like(rows, dtype=torch.bool))
+        cached = Window(
+            lo_host - self.shift, self.width if self.mode == "prefix" else lo_host + block, self.width,
+            writes_cache=torch.zeros_like(rows, dtype=torch.bool),
+        )
+        whole = torch.arange(rows.numel(), device=rows.device)
+        if every or not some:
+            return [(whole, full if every else cached)]
+        index, rest = refresh.nonzero().squeeze(1), (~refresh).nonzero().squeeze(1)
+        return [
+            (index, Window(full.start, full.end, full.key_end, writes_cache=full.writes_cache[index])),
+            (rest, Window(cached.start, cached.end, cached.key_end, writes_cache=cached.writes_cache[rest])),
+        ]
 
     def advance(self, rows: Tensor, lo: Tensor, rnd: int) -> None:
         """Count the forward each row of ``rows`` just ran in round ``rnd``."""
@@ -171,8 +179,8 @@ class BlockCache:
         cached = self.cached_before[rows]
         # One window from the earliest uncached column to the last block end: rows whose cache
         # reaches further recompute a few clean columns, which writes the same K/V again.
-        start = max(0, int(cached.min()) - self.shift)
-        end = int((lo + block).max())
+        first, last = torch.stack((cached.min(), (lo + block).max())).tolist()  # the plan's one sync
+        start, end = max(0, first - self.shift), last
         window = Window(start, end, end, writes_cache=cached < lo, cached_before=cached)
         return [(torch.arange(rows.numel(), device=rows.device), window)]
 
@@ -197,4 +205,4 @@ def make_cache(cfg: RolloutConfig, facts: ModelFacts, canvas: Canvas) -> CachePl
                 "blocks never see their suffix, so use rollout.kv_cache=prefix (the exact completed-block cache)"
             )
         return BlockCache(facts, first_real=(~canvas.key_mask[:, : canvas.prompt_width]).sum(1))
-    return BidirectionalCache(cfg.kv_cache, cfg.cache_refresh_steps, facts, num_rows, width, device)
+    return BidirectionalCache(cfg.kv_cache, cfg.cache_refresh_steps, facts, num_rows, width, canvas.prompt_width, device)

@@ -89,13 +89,14 @@ def generate(
         loop.run_block(rnd)
         if not loop.active.any():
             break
+    glen = canvas.completion_length
     return Rollout(
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask.bool(),
         completion_ids=canvas.completion.clone(),
-        step_map=loop.step_map,
-        confidence=loop.confidence,
-        logprob=loop.logprob,
+        step_map=loop.step_map[:, :glen].contiguous(),
+        confidence=loop.confidence[:, :glen].contiguous(),
+        logprob=loop.logprob[:, :glen].contiguous(),
         fixed_mask=canvas.fixed,
         nfe=runner.nfe,
         sample_ids=loop.sample_ids,
@@ -148,9 +149,11 @@ class DenoisingLoop:
         bsz, glen, device = canvas.tokens.shape[0], canvas.completion_length, canvas.tokens.device
         self.active = torch.ones(bsz, dtype=torch.bool, device=device)
         self.step = torch.zeros(bsz, dtype=torch.long, device=device)
-        self.step_map = torch.full((bsz, glen), -1, dtype=torch.long, device=device)
-        self.confidence = torch.zeros(bsz, glen, device=device)
-        self.logprob = torch.zeros(bsz, glen, device=device)
+        # The per-token records carry one spare column that takes the writes of positions a step
+        # does not commit, so a step writes them without first finding which ones it commits.
+        self.step_map = torch.full((bsz, glen + 1), -1, dtype=torch.long, device=device)
+        self.confidence = torch.zeros(bsz, glen + 1, device=device)
+        self.logprob = torch.zeros(bsz, glen + 1, device=device)
         self.edit_log: list[EditLog] = []
         # The learned rule's record, one slot per step a sample can take: a block-causal grid may
         # span one block more than the completion, so every rollout of a recipe has one width.
@@ -164,12 +167,17 @@ class DenoisingLoop:
             }
 
     def run_block(self, rnd: int) -> None:
-        """Denoise every active row's block of round ``rnd`` until the rule says it is done."""
-        c = self.canvas
+        """Denoise every active row's block of round ``rnd`` until the rule says it is done.
+
+        A step synchronises with the device twice, to find its rows and their candidate positions
+        (both shapes the forward and the decode need); everything else stays on the device. When
+        every row takes the step (batch 1, or a batch in lockstep) nothing is gathered by rows."""
+        c, bsz = self.canvas, self.canvas.tokens.shape[0]
         cols = self.grid.columns(rnd)
         lo = cols[:, 0]
         in_completion = (cols >= c.prompt_width) & (cols < c.prompt_width + c.completion_length)
         comp = (cols - c.prompt_width).clamp(0, c.completion_length - 1)  # completion index of each column
+        spare = torch.where(in_completion, comp, c.completion_length)  # the records' column, or the spare one
         fixed = c.fixed.gather(1, comp) & in_completion
         progress = self.rule.start_block(((c.tokens.gather(1, cols) == self.mask_id) & in_completion).sum(1))
         for s in range(self.rule.max_steps):
@@ -182,19 +190,25 @@ class DenoisingLoop:
                 if not (self.active & masked.any(1)).any():
                     break
                 continue
-            hidden = self.runner.block_hidden(rows, lo[rows], cols.shape[1], rnd)
-            committed, edited = self._decide(rows, hidden, tokens[rows], masked[rows], editable[rows], comp[rows], k[rows], s)
+            at = slice(None) if rows.numel() == bsz else rows
+            hidden = self.runner.block_hidden(rows, lo[at], cols.shape[1], rnd)
+            step, committed, edited = self._decide(rows, hidden, tokens[at], masked[at], editable[at], comp[at], k[at], s)
+            self._write(rows, at, cols[at], spare[at], step, committed, edited)
             if self.rule.running_confidence:
-                self._remask_least_confident(rows, comp[rows], (in_completion & ~fixed)[rows], masked[rows].sum(1) - k[rows])
-            progress.record(rows, committed, edited)
-            self.step[rows] += 1
+                self._remask_least_confident(rows, comp[at], (in_completion & ~fixed)[at], masked[at].sum(1) - k[at])
+            if self.rule.editing:
+                progress.record(rows, committed, edited)
+            self.step[at] += 1
             if self.cfg.stop_at_eos:
                 self._stop_finished()
-            if not self.active.any():
-                break
+        # Finished rows stopped taking steps at once; their cache rows are freed once per block.
+        self.runner.drop_inactive(self.active)
 
-    def _decide(self, rows: Tensor, hidden: Tensor, tokens: Tensor, masked: Tensor, editable: Tensor, comp: Tensor, k: Tensor, block_step: int) -> tuple[Tensor, Tensor]:
-        """Decode the rows' candidates, ask the rule, write its choice; returns (committed, edited) [n, block]."""
+    def _decide(
+        self, rows: Tensor, hidden: Tensor, tokens: Tensor, masked: Tensor, editable: Tensor, comp: Tensor, k: Tensor, block_step: int
+    ) -> tuple[Candidates, Tensor, Tensor]:
+        """Decode the rows' candidates and ask the rule (at in-block step ``block_step``); returns
+        them and (committed, edited) [n, block]."""
         step = self._decode(rows, hidden, tokens, masked, editable, comp)
         committed, edited = self.rule.decide(step, k, block_step)
         if self.decisions:
@@ -203,14 +217,21 @@ class DenoisingLoop:
             self.decisions["unmask_logprob"][rows, slot] = decision.logprob
             self.decisions["unmask_features"][rows, slot] = decision.features
             self.decisions["unmask_commits"][rows, slot] = decision.commits
-        self._write(rows, comp, step, committed, edited)
-        return committed, edited
+        return step, committed, edited
 
     def _decode(self, rows: Tensor, hidden: Tensor, tokens: Tensor, masked: Tensor, editable: Tensor, comp: Tensor) -> Candidates:
-        """A token, its probabilities and the remasking score for every candidate position."""
-        cfg = self.cfg
-        r_i, c_i = (masked | editable).nonzero(as_tuple=True)
-        keys = counter_hash(cfg.seed, self.sample_ids[rows][r_i], self.step[rows][r_i], comp[r_i, c_i])
+        """A token, its probabilities and the remasking score for every candidate position.
+
+        Keys and uniforms are hashed only when something draws: sampling (temperature > 0) or a
+        rule that reads the uniforms."""
+        cfg, rule = self.cfg, self.rule
+        candidate = masked | editable if rule.editing else masked
+        r_i, c_i = candidate.nonzero(as_tuple=True)
+        keys = uniforms = None
+        if cfg.temperature > 0 or rule.needs_uniforms:
+            keys = counter_hash(cfg.seed, self.sample_ids[rows][r_i], self.step[rows][r_i], comp[r_i, c_i])
+        if rule.needs_uniforms:
+            uniforms = counter_uniform(STREAM_REMASK, cfg.seed, keys)
         decoded = decode_step(
             hidden[r_i, c_i],
             self.model.lm_head.weight,
@@ -219,42 +240,64 @@ class DenoisingLoop:
             top_k=cfg.top_k,
             top_p=cfg.top_p,
             suppress_ids=(self.mask_id,),
-            stats=self.rule.stats,
+            stats=rule.stats,
+            needs=rule.needs,
         )
-        uniforms = counter_uniform(STREAM_REMASK, cfg.seed, keys)
-
-        def block(values: Tensor, fill: float) -> Tensor:
-            out = torch.full(masked.shape, fill, dtype=values.dtype, device=values.device)
-            out[r_i, c_i] = values
-            return out
-
-        is_masked = masked[r_i, c_i]
+        scores = rule.scores(decoded, uniforms)
+        if rule.editing:
+            is_masked = masked[r_i, c_i]
+            scores = torch.where(is_masked, scores, float("-inf"))
+        # Every per-candidate value goes into the block matrices with one scatter, as float64
+        # columns (token ids and float32 values are exact there): name -> (values, fill off the candidates).
+        fields: dict[str, tuple[Tensor, float]] = {
+            "token": (decoded.token, -1.0),
+            "prob": (decoded.prob, 0.0),
+            "logprob": (decoded.logprob, 0.0),
+            "score": (scores, float("-inf")),
+        }
+        for name in ("margin", "entropy"):
+            values = getattr(decoded, name)
+            if values is not None:
+                fields[name] = (values if not rule.editing else torch.where(is_masked, values.double(), float("nan")), float("nan"))
+        if uniforms is not None:
+            fields["uniform"] = (uniforms, 0.5)
+        fills = torch.tensor([fill for _, fill in fields.values()], dtype=torch.float64, device=masked.device)
+        out = fills.expand(*masked.shape, len(fields)).clone()
+        out[r_i, c_i] = torch.stack([values.double() for values, _ in fields.values()], dim=-1)
+        block = dict(zip(fields, out.unbind(-1)))
         return Candidates(
             masked=masked,
             editable=editable,
             current=tokens,
-            token=block(decoded.token, -1),
-            prob=block(decoded.prob.double(), 0.0),
-            logprob=block(decoded.logprob.float(), 0.0),
-            score=block(torch.where(is_masked, self.rule.scores(decoded, uniforms), float("-inf")), float("-inf")),
-            margin=block(torch.where(is_masked, decoded.margin.double(), float("nan")), float("nan")),
-            entropy=block(torch.where(is_masked, decoded.entropy.double(), float("nan")), float("nan")),
-            uniform=block(uniforms, 0.5),
+            token=block["token"].long(),
+            prob=block["prob"],
+            logprob=block["logprob"].float(),
+            score=block["score"],
+            margin=block.get("margin"),
+            entropy=block.get("entropy"),
+            uniform=block.get("uniform"),
         )
 
-    def _write(self, rows: Tensor, comp: Tensor, step: Candidates, committed: Tensor, edited: Tensor) -> None:
-        """Write the committed and edited tokens into the canvas and the trajectory record."""
-        if edited.any():
+    def _write(self, rows: Tensor, at: Tensor | slice, cols: Tensor, spare: Tensor, step: Candidates, committed: Tensor, edited: Tensor) -> None:
+        """Write the committed and edited tokens into the canvas and the trajectory record.
+
+        ``at`` selects the step's rows (a slice when it is every row), ``cols`` [n, block] are their
+        canvas columns (distinct per row), ``spare`` their record columns with the spare one outside
+        the completion; positions not written keep their token and send their record to the spare
+        column, so no step has to find its writes first."""
+        write = committed
+        if self.rule.editing:
             er, ec = edited.nonzero(as_tuple=True)
             self.edit_log.append(
-                EditLog(rows[er], comp[er, ec], self.step[rows][er], step.current[er, ec], step.token[er, ec], step.prob[er, ec].float())
+                EditLog(rows[er], spare[er, ec], self.step[rows][er], step.current[er, ec], step.token[er, ec], step.prob[er, ec].float())
             )
-        wr, wc = (committed | edited).nonzero(as_tuple=True)
-        rr, pos = rows[wr], comp[wr, wc]
-        self.canvas.completion[rr, pos] = step.token[wr, wc]
-        self.step_map[rr, pos] = self.step[rr]
-        self.confidence[rr, pos] = step.prob[wr, wc].float()
-        self.logprob[rr, pos] = step.logprob[wr, wc]
+            write = committed | edited
+        index = rows[:, None] if isinstance(at, Tensor) else torch.arange(cols.shape[0], device=cols.device)[:, None]
+        self.canvas.tokens[index, cols] = torch.where(write, step.token, step.current)
+        pos = torch.where(write, spare, self.canvas.completion_length)
+        self.step_map[index, pos] = self.step[at][:, None].expand_as(pos)
+        self.confidence[index, pos] = step.prob.float()
+        self.logprob[index, pos] = step.logprob
 
     def _remask_least_confident(self, rows: Tensor, comp: Tensor, writable: Tensor, keep_masked: Tensor) -> None:
         """Running-confidence remasking: mask again the ``keep_masked`` [n] decoded, non-fixed
@@ -270,7 +313,5 @@ class DenoisingLoop:
         is still masked after it becomes EOS, never decoded."""
         completion = self.canvas.completion
         done = finished_rows(completion, self.mask_id, self.stop_ids) & self.active
-        if done.any():
-            completion[done[:, None] & (completion == self.mask_id)] = self.eos_id
-            self.active &= ~done
-            self.runner.drop(done.nonzero().squeeze(1))
+        completion.masked_fill_(done[:, None] & (completion == self.mask_id), self.eos_id)
+        self.active &= ~done

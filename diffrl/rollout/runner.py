@@ -38,16 +38,21 @@ class Runner:
 
     def block_hidden(self, rows: Tensor, lo: Tensor, block: int, rnd: int) -> Tensor:
         """Hidden states [len(rows), block, H] at each row's block columns ``lo + arange(block)``."""
+        groups = self.cache.plan(rows, lo, block, rnd)
         out: Tensor | None = None
-        for index, window in self.cache.plan(rows, lo, block, rnd):
-            hidden = self._forward(rows[index], window)
-            cols = (lo[index] - window.start)[:, None] + torch.arange(block, device=lo.device)
+        for index, window in groups:
+            # One window for every row (the usual case): no regrouping, no index bookkeeping.
+            single = len(groups) == 1
+            hidden = self._forward(rows if single else rows[index], window)
+            cols = ((lo if single else lo[index]) - window.start)[:, None] + torch.arange(block, device=lo.device)
             picked = hidden.gather(1, cols[:, :, None].expand(-1, -1, hidden.shape[-1]))
-            if out is None:
-                out = picked.new_empty(rows.numel(), block, picked.shape[-1])
-            out[index] = picked
-            self.nfe[rows[index]] += 1
-            self.nfe_cache[rows[index]] += window.writes_cache.long()
+            if single:
+                out, counted = picked, slice(None) if rows.numel() == self.nfe.numel() else rows
+            else:
+                out = picked.new_empty(rows.numel(), block, picked.shape[-1]) if out is None else out
+                out[index], counted = picked, rows[index]
+            self.nfe[counted] += 1
+            self.nfe_cache[counted] += window.writes_cache.long()
         self.cache.advance(rows, lo, rnd)
         assert out is not None, "block_hidden needs at least one row"
         return out
@@ -62,7 +67,8 @@ class Runner:
             # (num_generations) are identical there, so each prompt is run once and expanded.
             local, expand = unique_rows(torch.cat((c.tokens[rows, :end], c.key_mask[rows, :end].long()), dim=1))
         self.forwards += 1
-        fwd = rows[local]
+        # Every row of the canvas, in order: read the canvas without gathering rows.
+        fwd = slice(None) if expand is None and rows.numel() == c.tokens.shape[0] else rows[local]
         if self.buffer is None:
             hidden = self.model(c.tokens[fwd, :end], c.key_mask[fwd, :end])
             if self.cfg_scale > 0:
@@ -73,7 +79,9 @@ class Runner:
             visible = window.visible(local)
             if visible is not None:
                 mask = mask & visible[:, None, None, :]
-            self.buffer.bind(read=self._slots(fwd), write=self._slots(rows), expand=expand, window=window)
+            # Deduplicated rows come in the order of their values, not sorted: their slots are looked up.
+            read = self._slots(rows) if isinstance(fwd, slice) else self._slots(fwd) if expand is None else self.slot[fwd]
+            self.buffer.bind(read=read, write=self._slots(rows), expand=expand, window=window)
             hidden = self.model(c.tokens[fwd, start:end], mask, position_ids=c.positions[fwd, start:end], cache=self.buffer)
         return hidden if expand is None else hidden[expand]
 
@@ -86,12 +94,21 @@ class Runner:
         return unconditional + (self.cfg_scale + 1) * (hidden - unconditional)
 
     def _slots(self, rows: Tensor) -> Tensor | None:
-        """Buffer rows of batch rows ``rows``; None when that is every buffer row in order."""
-        slots = self.slot[rows]
+        """Buffer rows of sorted batch rows ``rows``; None when that is every buffer row in order."""
         assert self.buffer is not None
-        if slots.numel() == self.buffer.num_rows and bool((slots == torch.arange(slots.numel(), device=slots.device)).all()):
+        # ``rows`` are sorted active rows and the buffer holds the active rows in order, so as many
+        # rows as buffer rows means all of them (no need to compare on the device).
+        if rows.numel() == self.buffer.num_rows:
             return None
-        return slots
+        return self.slot[rows]
+
+    def drop_inactive(self, active: Tensor) -> None:
+        """Free the cache rows of batch rows that are no longer ``active`` [B] (and still hold one)."""
+        if self.buffer is None:
+            return
+        gone = (self.slot >= 0) & ~active
+        if gone.any():
+            self.drop(gone.nonzero().squeeze(1))
 
     def drop(self, rows: Tensor) -> None:
         """Batch rows ``rows`` left the rollout: free their cache rows."""

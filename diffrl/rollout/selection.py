@@ -22,8 +22,9 @@ def decode_stats(remasking: str) -> str:
     return "sampling" if remasking in _SAMPLING_STATS else "model"
 
 
-def remasking_scores(remasking: str, decoded: DecodeResult, uniforms: Tensor) -> Tensor:
-    """Score of each candidate (higher commits first), float64."""
+def remasking_scores(remasking: str, decoded: DecodeResult, uniforms: Tensor | None) -> Tensor:
+    """Score of each candidate (higher commits first), float64. ``uniforms`` (the keyed draws) are
+    read by the random score only."""
     if remasking in ("low_confidence", "maskgit_plus"):
         return decoded.prob.double()
     if remasking == "topk_margin":
@@ -31,9 +32,10 @@ def remasking_scores(remasking: str, decoded: DecodeResult, uniforms: Tensor) ->
     if remasking == "entropy":
         return -decoded.entropy.double()
     if remasking == "random":
+        assert uniforms is not None, "the random score needs the keyed uniforms (UnmaskingRule.needs_uniforms)"
         return uniforms
     if remasking == "left_to_right":
-        return torch.zeros_like(uniforms)
+        return torch.zeros_like(decoded.logprob, dtype=torch.float64)
     raise ValueError(f"rollout.remasking={remasking!r} is not a known score")
 
 

@@ -44,7 +44,9 @@ class Candidates:
     ``token``/``prob``/``logprob`` are the decoded choice, its score probability and its sampling
     log-probability (-1 / 0 / 0 off the candidates); ``score`` the remasking score and ``margin``
     the top-1 minus top-2 probability (-inf / NaN off the masked positions); ``uniform`` the keyed
-    draw per position (0.5 off the candidates); ``current`` the tokens there now.
+    draw per position (0.5 off the candidates); ``current`` the tokens there now. ``margin`` and
+    ``entropy`` are ``None`` when the rule does not read them (see :attr:`UnmaskingRule.needs`),
+    ``uniform`` when it draws nothing (:attr:`UnmaskingRule.needs_uniforms`).
     """
 
     masked: Tensor
@@ -54,9 +56,24 @@ class Candidates:
     prob: Tensor
     logprob: Tensor
     score: Tensor
-    margin: Tensor
-    entropy: Tensor
-    uniform: Tensor
+    margin: Tensor | None
+    entropy: Tensor | None
+    uniform: Tensor | None
+
+
+def rule_needs(cfg: RolloutConfig, learned: bool) -> frozenset[str]:
+    """The per-position statistics (``decode_step``'s ``needs``) a rule reads, and no more.
+
+    ``prob`` always: it is the trajectory's confidence record, the low-confidence/MaskGIT score,
+    what a threshold compares and what an edit must beat. ``margin`` for the margin score and the
+    early-commit rule; ``entropy`` for the entropy score. The learned policy reads both as features.
+    """
+    needs = {"prob"}
+    if learned or cfg.remasking == "topk_margin" or cfg.early_commit_margin is not None:
+        needs.add("margin")
+    if learned or cfg.remasking == "entropy":
+        needs.add("entropy")
+    return frozenset(needs)
 
 
 class UnmaskingRule:
@@ -74,6 +91,9 @@ class UnmaskingRule:
         # A threshold or factor rule may commit on a step whose schedule count is 0.
         self.needs_quota = not (self.commits_at_least_one or cfg.threshold is not None)
         self.max_steps = (cfg.block_length if self.commits_at_least_one else cfg.steps_per_block) + cfg.max_post_steps
+        self.needs = rule_needs(cfg, learned=False)
+        # The keyed per-position draws: the random score and Dream's alg_temp read them.
+        self.needs_uniforms = cfg.remasking == "random" or bool(cfg.alg_temp)
 
     def start_block(self, num_masked: Tensor) -> "BlockProgress":
         """The per-row progress of a block that starts with ``num_masked`` masks [rows]."""
@@ -84,7 +104,7 @@ class UnmaskingRule:
         editing is on, none otherwise."""
         return decoded if self.editing else torch.zeros_like(decoded)
 
-    def scores(self, decoded: DecodeResult, uniforms: Tensor) -> Tensor:
+    def scores(self, decoded: DecodeResult, uniforms: Tensor | None) -> Tensor:
         """The remasking score of each decoded candidate (higher commits first), float64."""
         return remasking_scores(self.cfg.remasking, decoded, uniforms)
 
@@ -109,10 +129,12 @@ class UnmaskingRule:
         elif cfg.threshold is not None:
             chosen = dynamic_commit(scores, k, cfg.threshold)
         elif cfg.alg_temp:
+            assert step.uniform is not None, "alg_temp draws with the keyed uniforms (needs_uniforms asks for them)"
             chosen = sample_topk(scores, k, cfg.alg_temp, step.uniform)
         else:
             chosen = commit_topk(scores, k)
         if cfg.early_commit_margin is not None:
+            assert step.margin is not None, "the early-commit rule needs the margin (rule_needs asks for it)"
             confident = step.margin.nanmean(-1) >= cfg.early_commit_margin
             chosen = chosen | (confident[:, None] & torch.isfinite(scores))
         return chosen
@@ -172,9 +194,12 @@ class LearnedUnmaskingRule(UnmaskingRule):
         self.policy = policy
         self.commits_at_least_one, self.needs_quota = True, False
         self.max_steps = cfg.block_length + cfg.max_post_steps
+        self.needs = rule_needs(cfg, learned=True)
+        self.needs_uniforms = True
         self.last: Decision | None = None
 
     def commit(self, step: Candidates, k: Tensor, block_step: int = 0) -> Tensor:
+        assert step.margin is not None and step.entropy is not None and step.uniform is not None, "the learned rule reads margin, entropy and draws"
         features = block_features(step.masked, step.prob, step.margin, step.entropy)
         logits = self.policy(features).to(step.prob.device)
         commits = sample_decision(logits, step.masked, step.uniform)
