@@ -80,7 +80,12 @@ class Algorithm:
     ``rollout_config`` rewrites the rollout settings (decode order); ``repair`` may regenerate
     samples after scoring (returns the rollout and the index of rows it replaced);
     ``keep`` drops samples from the update (their weight becomes 0); ``token_filter`` chooses which
-    scored tokens train, from the estimator's scores before the update; ``nll`` adds an NLL term.
+    scored tokens train, from the estimator's scores before the update; ``nll`` adds an NLL term;
+    ``step_advantages`` rewards each recorded denoising step (``rollout.record_predictions``):
+    given the rollout and ``score`` (token rows [B, T, Lc] -> the task's total reward [B, T], each
+    row scored against its sample's task row), it returns the rollout that trains (e.g. its record
+    narrowed to the chosen steps) and advantages (any shape the loss reads, rows first) that
+    replace ``advantage``'s.
     """
 
     config: AlgorithmConfig
@@ -92,6 +97,7 @@ class Algorithm:
     keep: Callable[[Outcome], Tensor] | None = None
     token_filter: Callable[[TokenScores, PolicyBatch], Tensor] | None = None
     nll: NLLTerm | None = None
+    step_advantages: Callable[[Rollout, Callable[[Tensor], Tensor]], tuple[Rollout, Tensor]] | None = None
 
 
 _REGISTRY: dict[str, tuple[type[AlgorithmConfig], Callable[[Any], Algorithm]]] = {}

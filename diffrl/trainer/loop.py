@@ -38,7 +38,7 @@ from diffrl.trainer.distributed import all_reduce_sum, init_distributed
 from diffrl.trainer.export import checkpoint_meta, save_final
 from diffrl.trainer.logger import MetricLogger
 from diffrl.trainer.plots import plot_reward_curve
-from diffrl.trainer.sampling import generate_rollout, repair_samples, score_samples
+from diffrl.trainer.sampling import generate_rollout, repair_samples, score_samples, step_scorer
 from diffrl.trainer.sft import sft_train_step, warm_start
 from diffrl.trainer.step_metrics import global_metrics, reward_summary, sample_rows, throughput
 from diffrl.trainer.validate import validate
@@ -70,7 +70,11 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
             outcome.keep = algo.keep(outcome)
         advantages = algo.advantage(outcome)
 
-    batch = PolicyBatch.from_rollout(samples.rollout)
+    trained_rollout = samples.rollout
+    if algo.step_advantages is not None:
+        with timed(timings, "step_adv"):
+            trained_rollout, advantages = algo.step_advantages(trained_rollout, step_scorer(run, samples))
+    batch = PolicyBatch.from_rollout(trained_rollout)
     mu = algo.config.num_iterations
     # Inner update k draws its estimator masks from its own seed, shared by old, ref and current.
     seeds = [int(counter_hash(cfg.trainer.seed, step, SEED_UPDATE + k)) for k in range(mu)]
