@@ -8,7 +8,7 @@ Advantage: A_t = (r_t - r_{t-1}) + 1 + mean_{t' > t} r_{t'} (r_{-1} = 0; the las
 z-scored over each group at each step (sample std + 1e-4).
 Training: the ``sample_train_steps`` steps with the largest sum_b |A_{b,t}|; each step trains
 log p(x̂0_t^i | x_t) at its masked positions, per token -min(rho A_t, clip(rho) A_t) weighted by
-lambda_t c_t^i with lambda_t = L / |M_t|, then averaged over the steps.
+lambda_t c_t^i with lambda_t = L / |M_t|, the token mean over M_t, then averaged over the steps.
 """
 
 from __future__ import annotations
@@ -99,9 +99,11 @@ def mdpo_step_advantages(rollout: Rollout, score: Callable[[Tensor], Tensor], *,
 
 
 def step_weights(predicted: Tensor, confidence: Tensor) -> Tensor:
-    """lambda_t c_t^i / L over each (sample, step) row's masked positions, i.e. c^i / |M_t| [.., Lc]."""
+    """lambda_t c_t^i / |M_t| at each (sample, step) row's masked positions M_t [.., Lc], with
+    lambda_t = L / |M_t| (compute_loss: lambda_t times the confidence-weighted token mean)."""
     count = predicted.sum(-1, keepdim=True).clamp_min(1)
-    return predicted * confidence / count
+    lam = predicted.shape[-1] / count
+    return predicted * confidence * lam / count
 
 
 @dataclass
@@ -139,8 +141,9 @@ class MaskedPredictions:
 def mdpo_loss(
     logp: Tensor, old_logp: Tensor, advantages: Tensor, weights: Tensor, *, epsilon: float, epsilon_high: float | None, beta: float, ref_logp: Tensor | None = None
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """(1/K) sum_k sum_b w_b sum_i lambda_t c^i / L * [-min(rho A_{b,k}, clip(rho) A_{b,k}) + beta k3],
-    w_b a sample's loss weight (1 / B for loss_type grpo)."""
+    """(1/K) sum_k sum_b w_b lambda_t mean_{i in M_t} c^i [-min(rho A_{b,k}, clip(rho) A_{b,k}) + beta k3],
+    w_b a sample's loss weight (1 / B for loss_type grpo; compute_loss divides by the batch's
+    masked count, the same when every sample has as many masks at the step)."""
     rows, length, steps = logp.shape[:3]
 
     def per_row(x: Tensor) -> Tensor:
@@ -165,7 +168,7 @@ def build(cfg: MDPOConfig) -> Algorithm:
         estimator=MaskedPredictions(rows_per_forward=knobs.rows_per_forward),
         # unused: the step advantages replace the per-sample ones
         advantage=reward_advantages("group_mean", cfg.scale_rewards),
-        # (1/K) sum_k mean_b sum_i lambda_t c^i / L [-min(rho A_t, clip(rho) A_t) + beta k3]
+        # (1/K) sum_k mean_b lambda_t mean_{i in M_t} c^i [-min(rho A_t, clip(rho) A_t) + beta k3]
         loss=partial(mdpo_loss, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta),
         rollout_config=recorded,
         # r_t = reward(x̂0_t) -> A_t -> the top sample_train_steps steps by sum_b |A_t|
