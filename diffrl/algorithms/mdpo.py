@@ -109,33 +109,29 @@ def step_weights(predicted: Tensor, confidence: Tensor) -> Tensor:
 @dataclass
 class MaskedPredictions:
     """l_{t,i} = log p(x̂0_t^i | q, x_t) at the positions masked in x_t, one noisy row per (sample,
-    training step). ``logp`` [B, Lc, K, 2]: channel 0 the log-probs, channel 1 the detached weights
+    training step), ``rows_per_forward`` rows per forward. ``logp`` [B, Lc, K, 2]: channel 0 the log-probs, channel 1 the detached weights
     of :func:`step_weights`."""
 
     rows_per_forward: int = 64
 
     def __call__(self, model: DiffusionLM, batch: PolicyBatch, seed: int) -> TokenScores:
-        steps = batch.step_tokens.shape[1]
+        rows, steps, length = batch.step_tokens.shape
         if steps == 0:
             raise ValueError("MDPO trains on recorded steps; the batch has none (rollout.record_predictions=false)")
-        logps, entropies = [], []
-        for k in range(steps):
-            predicted = batch.step_predicted[:, k]
-            rows = predicted.any(1).nonzero().squeeze(1)
-            # x_t is x̂0_t with its predicted positions masked; the targets are x̂0_t there.
-            at_step = replace(batch, completion_ids=batch.step_tokens[:, k].clamp_min(0))
-            if rows.numel():
-                logp, entropy = score_disjoint_rows(model, at_step, rows, predicted[rows], predicted[rows], self.rows_per_forward)
-            else:
-                logp = torch.zeros(predicted.shape, device=predicted.device, requires_grad=torch.is_grad_enabled())
-                entropy = logp.detach()
-            logps.append(logp)
-            entropies.append(entropy)
-        logp = torch.stack(logps, dim=-1)
+        # One row per (sample, step): x̂0_t as its completion, so x_t masks M_t and the targets are x̂0_t.
+        per_step = replace(batch.select(torch.arange(rows, device=batch.step_tokens.device).repeat_interleave(steps)), completion_ids=batch.step_tokens.reshape(-1, length).clamp_min(0))
+        predicted = batch.step_predicted.reshape(-1, length)
+        scored = predicted.any(1).nonzero().squeeze(1)
+        if scored.numel():
+            logp, entropy = score_disjoint_rows(model, per_step, scored, predicted[scored], predicted[scored], self.rows_per_forward)
+        else:
+            logp = torch.zeros(predicted.shape, device=predicted.device, requires_grad=torch.is_grad_enabled())
+            entropy = logp.detach()
+        logp, entropy = (x.view(rows, steps, length).transpose(1, 2) for x in (logp, entropy))
         weights = step_weights(batch.step_predicted, batch.step_confidence).transpose(1, 2).to(logp.dtype)
-        predicted = batch.step_predicted.transpose(1, 2)
-        entropy = (torch.stack(entropies, dim=-1) * predicted).sum(-1) / predicted.sum(-1).clamp_min(1)
-        return TokenScores(logp=torch.stack((logp, weights), dim=-1), mask=predicted.any(-1), entropy=entropy)
+        masks = batch.step_predicted.transpose(1, 2)
+        entropy = (entropy * masks).sum(-1) / masks.sum(-1).clamp_min(1)
+        return TokenScores(logp=torch.stack((logp, weights), dim=-1), mask=masks.any(-1), entropy=entropy)
 
 
 def mdpo_loss(
