@@ -154,3 +154,20 @@ def test_masked_predictions_score_each_training_step_on_its_canvas(tiny_llada) -
         assert torch.allclose(scores.logp[..., t, 1], step_weights(predicted, batch.step_confidence[:, t]))
     with pytest.raises(ValueError, match="record_predictions"):
         MaskedPredictions()(model, PolicyBatch.from_rollout(generate(model, prompts, torch.ones_like(prompts, dtype=torch.bool), replace(cfg, record_predictions=False))), seed=0)
+
+
+def test_the_record_travels_with_its_rows_through_chunks_and_selection(tiny_llada) -> None:
+    from diffrl.rollout.engine import generate_chunked
+
+    prompts = torch.randint(0, 50, (4, 3), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(prompts, dtype=torch.bool)
+    cfg = RolloutConfig(max_completion_length=8, block_length=4, steps=4, temperature=1.0, record_predictions=True)
+    whole = generate_chunked(tiny_llada, prompts, mask, cfg)
+    chunked = generate_chunked(tiny_llada, prompts, mask, cfg, chunk=3)
+    for name in ("step_tokens", "step_predicted", "step_confidence"):
+        assert torch.equal(getattr(whole, name), getattr(chunked, name)), name
+    picked = whole.select(torch.tensor([2, 0]))
+    assert torch.equal(picked.step_tokens, whole.step_tokens[[2, 0]])
+    # Two blocks: a step predicts only its own block's masked positions.
+    first_block = whole.step_predicted[:, 0]
+    assert first_block[:, :4].any() and not first_block[:, 4:].any()
