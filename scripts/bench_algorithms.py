@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from bench_train import PeakRSS, model_config  # noqa: E402
 
-ALGORITHMS = ("diffu_grpo", "coupled_grpo", "igpo", "gdpo", "lightning_rl", "just_grpo", "spg", "espo", "bgpo", "bgpo_naive", "trace_rl", "cj_grpo")
+ALGORITHMS = ("diffu_grpo", "coupled_grpo", "igpo", "gdpo", "lightning_rl", "just_grpo", "spg", "espo", "bgpo", "bgpo_naive", "trace_rl", "cj_grpo", "mdpo")
 # Rows that are an algorithm with other knobs: BGPO keeping every draw's graph (the naive
 # many-sample ELBO its memory is measured against).
 VARIANTS = {"bgpo_naive": ("bgpo", {"bgpo": {"checkpoint_draws": False}})}
@@ -67,6 +67,13 @@ def worker(args: argparse.Namespace) -> dict:
     step_map = (torch.arange(glen, device=device) // 2).expand(b, glen)
     batch = PolicyBatch(prompt, torch.ones_like(prompt, dtype=torch.bool), completion, ones, torch.arange(b, device=device), step_map, hints, ones.float())
     advantages = torch.linspace(-1, 1, b, device=device)
+    if name == "mdpo":
+        # MDPO trains sample_train_steps recorded steps of the same trace: x̂0_t = the completion,
+        # x_t masks what step t or a later one committed; one advantage per sample and step.
+        steps = torch.linspace(0, int(step_map.max()), cfg.mdpo.sample_train_steps, device=device).long()
+        predicted = step_map[:, None, :] >= steps[None, :, None]
+        batch = replace(batch, step_tokens=completion[:, None].expand_as(predicted), step_predicted=predicted, step_confidence=predicted.float() * 0.5)
+        advantages = advantages[:, None].expand(b, steps.numel())
     weights = token_weights(ones, algo.config.loss_type, b, glen)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     calls = {"forward": 0, "rows": 0, "backward_rows": 0, "graph_mib": 0.0}

@@ -26,6 +26,19 @@ class PolicyBatch:
     step_map: Tensor
     fixed_mask: Tensor
     rollout_logprob: Tensor
+    # The rollout's per-step predictions [B, S, Lc] (width 0 unless recorded; MDPO).
+    step_tokens: Tensor = None  # type: ignore[assignment]
+    step_predicted: Tensor = None  # type: ignore[assignment]
+    step_confidence: Tensor = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        empty = self.completion_ids.new_zeros(self.completion_ids.shape[0], 0, self.completion_ids.shape[1])
+        if self.step_tokens is None:
+            self.step_tokens = empty
+        if self.step_predicted is None:
+            self.step_predicted = empty.bool()
+        if self.step_confidence is None:
+            self.step_confidence = empty.float()
 
     @classmethod
     def from_rollout(cls, rollout: Rollout) -> "PolicyBatch":
@@ -38,6 +51,9 @@ class PolicyBatch:
             step_map=rollout.step_map,
             fixed_mask=rollout.fixed_mask,
             rollout_logprob=rollout.logprob,
+            step_tokens=rollout.step_tokens,
+            step_predicted=rollout.step_predicted,
+            step_confidence=rollout.step_confidence,
         )
 
     def __len__(self) -> int:

@@ -106,8 +106,12 @@ class Algorithm:
     ``rollout_config`` rewrites the rollout settings (decode order); ``repair`` may regenerate
     samples after scoring (returns the rollout and the index of rows it replaced);
     ``keep`` drops samples from the update (their weight becomes 0); ``token_filter`` chooses which
-    scored tokens train, from the estimator's scores before the update; ``nll`` adds an NLL term.
-    ``needs`` says what the run must provide (checked at start-up).
+    scored tokens train, from the estimator's scores before the update; ``nll`` adds an NLL term;
+    ``step_advantages`` rewards each recorded denoising step (``rollout.record_predictions``):
+    given the rollout and ``score`` (token rows [B, T, Lc] -> the task's total reward [B, T], each
+    row scored against its sample's task row), it returns the rollout that trains (e.g. its record
+    narrowed to the chosen steps) and advantages (any shape the loss reads, rows first) that
+    replace ``advantage``'s. ``needs`` says what the run must provide (checked at start-up).
     """
 
     config: AlgorithmConfig
@@ -123,6 +127,7 @@ class Algorithm:
     # Prompts (over all ranks) per set of sequences a grpo/dr_grpo loss is normalised over, each
     # set's gradient summed (JustGRPO's accumulation micro-steps); None = the whole mini-batch.
     normaliser_prompts: int | None = None
+    step_advantages: Callable[[Rollout, Callable[[Tensor], Tensor]], tuple[Rollout, Tensor]] | None = None
 
 
 _REGISTRY: dict[str, tuple[type[AlgorithmConfig], Callable[[Any], Algorithm]]] = {}

@@ -82,6 +82,10 @@ class RolloutConfig:
     # the block's decoded tokens with the lowest confidence (recorded when written), keeping as many
     # masks as the schedule has left; replaces the commit rule.
     running_confidence: bool = False
+    # Record every step's prediction x̂0_t of the block's masked positions, the canvas it came from
+    # and its confidence (Rollout.step_tokens / step_predicted / step_confidence; MDPO's per-step
+    # rewards). Costs steps x completion tokens per sample, so off unless an algorithm asks.
+    record_predictions: bool = False
     # KV cache: none (every step runs the whole canvas), prefix (Fast-dLLM PrefixCache; for
     # block-causal models the exact cache of completed blocks) or dual (Fast-dLLM DualCache,
     # bidirectional models only).

@@ -24,6 +24,7 @@ from diffrl.rng import STREAM_REMASK, counter_hash, counter_uniform
 from diffrl.rollout.cache import make_cache
 from diffrl.rollout.canvas import BlockGrid, Canvas
 from diffrl.rollout.config import RolloutConfig
+from diffrl.rollout.prediction_record import PredictionRecord
 from diffrl.rollout.runner import Runner
 from diffrl.rollout.trajectory import EditLog, Rollout, first_stop
 from diffrl.rollout.trajectory_rules import running_confidence_remask
@@ -104,6 +105,7 @@ def generate(
         nfe_cache=runner.nfe_cache,
         edits=EditLog.cat(loop.edit_log) if loop.edit_log else None,
         **loop.decisions,
+        **(loop.predictions.fields() if loop.predictions is not None else {}),
     )
 
 
@@ -166,6 +168,9 @@ class DenoisingLoop:
                 "unmask_commits": torch.zeros(bsz, slots, block, dtype=torch.bool, device=device),
             }
 
+        # Same slot count as the learned rule's record, so every rollout of a recipe has one width.
+        self.predictions = PredictionRecord(bsz, (cfg.num_blocks + 1) * self.rule.max_steps, glen, device) if cfg.record_predictions else None
+
     def run_block(self, rnd: int) -> None:
         """Denoise every active row's block of round ``rnd`` until the rule says it is done.
 
@@ -211,6 +216,8 @@ class DenoisingLoop:
         them and (committed, edited) [n, block]."""
         step = self._decode(rows, hidden, tokens, masked, editable, comp)
         committed, edited = self.rule.decide(step, k, block_step)
+        if self.predictions is not None:
+            self.predictions.record(rows, self.step[rows], self.canvas.completion[rows], comp, masked, step.token, step.prob)
         if self.decisions:
             assert isinstance(self.rule, LearnedUnmaskingRule) and self.rule.last is not None
             decision, slot = self.rule.last, self.step[rows]

@@ -40,6 +40,13 @@ def completion_mask(completion_ids: Tensor, stop_token_ids: tuple[int, ...]) -> 
     return torch.arange(completion_ids.shape[1], device=completion_ids.device)[None, :] <= first[:, None]
 
 
+def decode_completions(completion_ids: Tensor, stop_token_ids: tuple[int, ...], tokenizer: Any) -> list[str]:
+    """Each row's text up to and including its first stop token, special tokens dropped."""
+    mask = completion_mask(completion_ids, stop_token_ids)
+    ids = [row[keep].tolist() for row, keep in zip(completion_ids.cpu(), mask.cpu())]
+    return tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
 def _row_index(index: Tensor | slice, num_rows: int, device: torch.device) -> Tensor:
     return torch.arange(num_rows, device=device)[index] if isinstance(index, slice) else index.to(device)
 
@@ -101,6 +108,12 @@ class Rollout:
     ``b``'s commit decision at its step ``s`` (0 after its last step), ``unmask_features[b, s]``
     the policy's input then [block, F] and ``unmask_commits[b, s]`` what it committed [block], so
     the decisions can be rescored by an updated policy; without one they have width 0.
+
+    With ``rollout.record_predictions``, ``step_tokens[b, s]`` is x̂0 at sample ``b``'s step ``s``
+    (the completion before the step, its block's masked positions replaced by the prediction; -1
+    after the sample's last step), ``step_predicted[b, s]`` those positions and
+    ``step_confidence[b, s]`` the prediction's probability there (see
+    :mod:`~diffrl.rollout.prediction_record`); without it they have width 0.
     """
 
     prompt_ids: Tensor = _rows(PROMPT)
@@ -117,6 +130,9 @@ class Rollout:
     unmask_logprob: Tensor = _rows(RECORD, default=None)
     unmask_features: Tensor = _rows(RECORD, default=None)
     unmask_commits: Tensor = _rows(RECORD, default=None)
+    step_tokens: Tensor = _rows(RECORD, default=None)
+    step_predicted: Tensor = _rows(RECORD, default=None)
+    step_confidence: Tensor = _rows(RECORD, default=None)
     # Row-indexed, not one entry per row: every row operation renumbers it.
     edits: EditLog = None  # type: ignore[assignment]
     completion_mask: Tensor = field(init=False)
@@ -132,6 +148,13 @@ class Rollout:
             self.unmask_features = torch.zeros(rows, 0, 0, 0, device=device)
         if self.unmask_commits is None:
             self.unmask_commits = torch.zeros(rows, 0, 0, dtype=torch.bool, device=device)
+        length = self.completion_ids.shape[1]
+        if self.step_tokens is None:
+            self.step_tokens = torch.zeros(rows, 0, length, dtype=torch.long, device=device)
+        if self.step_predicted is None:
+            self.step_predicted = torch.zeros(rows, 0, length, dtype=torch.bool, device=device)
+        if self.step_confidence is None:
+            self.step_confidence = torch.zeros(rows, 0, length, device=device)
         if self.edits is None:
             self.edits = EditLog.empty(self.completion_ids.device)
 
@@ -160,8 +183,7 @@ class Rollout:
 
     def decode(self, tokenizer: Any) -> list[str]:
         """Completion text up to and including the first stop token, special tokens dropped."""
-        ids = [row[mask].tolist() for row, mask in zip(self.completion_ids.cpu(), self.completion_mask.cpu())]
-        return tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return decode_completions(self.completion_ids, self.stop_token_ids, tokenizer)
 
     def metrics(self) -> dict[str, float]:
         return metrics.rollout_metrics(self.step_map, self.completion_mask, self.nfe, self.nfe_cache, self.truncated, num_edits=len(self.edits))

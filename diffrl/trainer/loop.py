@@ -42,7 +42,7 @@ from diffrl.trainer.logger import MetricLogger
 from diffrl.trainer.optim import restart
 from diffrl.trainer.plots import plot_reward_curve
 from diffrl.trainer.resume import ResumePlan, plan_resume, save_config
-from diffrl.trainer.sampling import generate_rollout, repair_samples, score_samples
+from diffrl.trainer.sampling import generate_rollout, repair_samples, score_samples, step_scorer
 from diffrl.trainer.schedule import mini_batch_rows, num_mini_batches, update_epochs
 from diffrl.trainer.sft import sft_train_step, warm_start
 from diffrl.trainer.step_metrics import global_metrics, reward_summary, run_metrics, sample_rows, throughput
@@ -74,7 +74,11 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
     with timed(timings, "adv"):
         outcome.keep, advantages = global_advantages(algo, outcome, run.world)
 
-    batch = PolicyBatch.from_rollout(samples.rollout)
+    trained_rollout = samples.rollout
+    if algo.step_advantages is not None:
+        with timed(timings, "step_adv"):
+            trained_rollout, advantages = algo.step_advantages(trained_rollout, step_scorer(run, samples))
+    batch = PolicyBatch.from_rollout(trained_rollout)
     mu = update_epochs(cfg)
     minis = mini_batch_rows(len(batch), algo.config.num_generations, num_mini_batches(cfg.trainer.batch_size, cfg.trainer.ppo_mini_batch_size, run.world.world_size), run.world.device)
     # Epoch k draws its estimator masks from its own seed, shared by old, ref and current.

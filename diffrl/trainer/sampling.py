@@ -21,6 +21,7 @@ from diffrl.algorithms.registry import RolloutContext
 from diffrl.rewards.registry import RewardBatch
 from diffrl.rng import SEED_REGENERATE, SEED_REPAIR, counter_hash
 from diffrl.rollout import Rollout, RolloutConfig
+from diffrl.rollout.trajectory import decode_completions
 from diffrl.trainer.build import Run
 from diffrl.trainer.distributed import all_gather_rows
 from diffrl.trainer.sft import response_text
@@ -76,6 +77,21 @@ def score_samples(run: Run, rollout: Rollout, rows: list[dict[str, Any]], trunca
         group_size=run.algorithm.config.num_generations,
     )
     return Samples(rollout, rows, completions, rewards, outcome, truncated_prompts)
+
+
+def step_scorer(run: Run, samples: Samples) -> Callable[[Tensor], Tensor]:
+    """The score an :attr:`~diffrl.algorithms.registry.Algorithm.step_advantages` hook calls:
+    token rows [B, T, Lc] (row b of sample b) -> the task's total reward [B, T], the texts decoded
+    as the completions are."""
+    rollout = samples.rollout
+
+    def score(tokens: Tensor) -> Tensor:
+        b, t, _ = tokens.shape
+        texts = decode_completions(tokens.reshape(b * t, -1), rollout.stop_token_ids, run.tokenizer)
+        rewards = run.rewards(texts, [row for row in samples.rows for _ in range(t)])
+        return rewards.total.to(run.world.device).view(b, t)
+
+    return score
 
 
 def repair_samples(run: Run, samples: Samples, step: int) -> tuple[Samples, Tensor, int]:
