@@ -30,6 +30,12 @@ EXTRA = {
     # A confidence threshold, so tokens per forward vary within a group.
     "lightning_rl": "rollout.threshold=0.5",
     # Reference traces of a few tokens need chunks of 1-2 tokens and a short free tail.
+    # SPG defines no KL term (its reference raises for beta != 0).
+    "spg": "algorithm.beta=0;algorithm.spg.block_length=4",
+    "espo": "algorithm.espo.num_mc=1",
+    "bgpo": "algorithm.bgpo.num_draws=3",
+    # Every group inside the accuracy band, so the step trains.
+    "trace_rl": "algorithm.trace_rl.accuracy_low=0;algorithm.trace_rl.accuracy_high=1",
     "igpo": "algorithm.igpo.min_chunk_size=1;algorithm.igpo.max_chunk_size=2;algorithm.igpo.free_tail=2",
 }
 
