@@ -22,11 +22,11 @@ OVERRIDES = {
     "lightning_rl": ["algorithm.lightning_rl.filter_tpf_threshold=0", "algorithm.lightning_rl.filter_all_wrong=false", "algorithm.beta=0.01",
                      "algorithm.correctness_reward=exact_match"],
     "just_grpo": ["algorithm.just_grpo.rows_per_forward=16"],
-    "spg": ["algorithm.spg.block_length=4"],
+    "spg": ["algorithm.spg.block_length=4", "algorithm.beta=0"],
     "espo": ["algorithm.espo.num_mc=1"],
     "bgpo": ["algorithm.bgpo.num_draws=3"],
     # No group may fall outside the accuracy band, so the step always trains.
-    "trace_rl": ["algorithm.trace_rl.accuracy_low=0", "algorithm.trace_rl.accuracy_high=1", "algorithm.beta=0.01"],
+    "trace_rl": ["algorithm.trace_rl.accuracy_low=0", "algorithm.trace_rl.accuracy_high=1", "algorithm.beta=0.01", "algorithm.correctness_reward=exact_match"],
 }
 ALGORITHMS = {name: OVERRIDES.get(name, []) for name in sorted(registered_algorithms())}
 FAMILIES = ("llada", "dream", "sdar", "sdar_moe", "llada2_moe")

@@ -164,8 +164,10 @@ def test_the_record_travels_with_its_rows_through_chunks_and_selection(tiny_llad
     cfg = RolloutConfig(max_completion_length=8, block_length=4, steps=4, temperature=1.0, record_predictions=True)
     whole = generate_chunked(tiny_llada, prompts, mask, cfg)
     chunked = generate_chunked(tiny_llada, prompts, mask, cfg, chunk=3)
-    for name in ("step_tokens", "step_predicted", "step_confidence"):
+    for name in ("step_tokens", "step_predicted"):
         assert torch.equal(getattr(whole, name), getattr(chunked, name)), name
+    # A forward over a different set of rows may round the confidences differently in the last bits.
+    torch.testing.assert_close(whole.step_confidence, chunked.step_confidence, rtol=1e-5, atol=1e-6)
     picked = whole.select(torch.tensor([2, 0]))
     assert torch.equal(picked.step_tokens, whole.step_tokens[[2, 0]])
     # Two blocks: a step predicts only its own block's masked positions.

@@ -38,6 +38,16 @@ def fp32_models(tiny_checkpoint) -> dict[str, DiffusionLM]:
     return {family: family_model(tiny_checkpoint, family, dtype=torch.float32) for family in FAMILIES}
 
 
+def assert_same_record(a: torch.Tensor, b: torch.Tensor, name: str) -> None:
+    """Integer and boolean records (tokens, steps, masks) agree exactly; float records
+    (confidence, log-probs) to float32 rounding, since a forward over a different set of rows may
+    round differently in the last bits (seen on LLaDA2-MoE: 3e-8 in a confidence)."""
+    if a.is_floating_point():
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    else:
+        assert torch.equal(a, b), name
+
+
 def assert_same_rollout(a, b) -> None:
     assert torch.equal(a.completion_ids, b.completion_ids)
     assert torch.equal(a.step_map, b.step_map)
@@ -320,12 +330,14 @@ def test_chunked_generation_keeps_every_per_sample_record(models, family: str) -
     whole = generate(model, ids, mask, cfg, sample_ids=torch.arange(5) + 10)
     chunked = generate_chunked(model, ids, mask, cfg, chunk=2, sample_ids=torch.arange(5) + 10)
     for name in Rollout.per_sample_fields():
-        assert torch.equal(getattr(chunked, name), getattr(whole, name)), name
+        assert_same_record(getattr(chunked, name), getattr(whole, name), name)
     assert (whole.nfe_cache > 0).all(), "a cached rollout stores or refreshes its cache"
     assert len(whole.edits) > 0, "editing_threshold=0 should edit something"
 
     def entries(log: EditLog) -> list[tuple]:
-        return sorted(zip(*(getattr(log, f.name).tolist() for f in dataclasses.fields(EditLog))))
+        columns = [getattr(log, f.name) for f in dataclasses.fields(EditLog)]
+        # Confidences to float32 rounding (see assert_same_record); every other column exactly.
+        return sorted(zip(*(c.double().mul(1e6).round().tolist() if c.is_floating_point() else c.tolist() for c in columns)))
 
     assert entries(chunked.edits) == entries(whole.edits)
     assert chunked.metrics() == whole.metrics()
