@@ -44,7 +44,7 @@ from diffrl.trainer.plots import plot_reward_curve
 from diffrl.trainer.resume import ResumePlan, plan_resume, save_config
 from diffrl.trainer.sampling import generate_rollout, repair_samples, score_samples, step_scorer
 from diffrl.trainer.schedule import mini_batch_rows, num_mini_batches, update_epochs
-from diffrl.trainer.sft import sft_train_step, warm_start
+from diffrl.trainer.sft import run_warm_start, sft_train_step
 from diffrl.trainer.step_metrics import global_metrics, reward_summary, run_metrics, sample_rows, throughput
 from diffrl.trainer.stop import StopSignals
 from diffrl.trainer.validate import validate
@@ -269,34 +269,3 @@ def _train(run: Run, plan: ResumePlan, resolved: dict[str, Any] | None) -> dict[
             )
     logger.close(summary)
     return summary
-
-
-class _Stopped(Exception):
-    """A stop signal arrived during the warm start."""
-
-
-def run_warm_start(run: Run, logger: MetricLogger, signals: StopSignals) -> dict[str, float] | None:
-    """The warm start with its progress, its losses in W&B (at step 0) and the console; None
-    when a signal stopped it (nothing is saved: a resume from step 0 runs it again)."""
-    cfg = run.cfg
-    steps = cfg.trainer.warm_start.steps
-    bar = logger.phase("warm start", steps)
-    losses: list[float] = []
-
-    def on_step(step: int, loss: float) -> None:
-        losses.append(loss)
-        bar.update(1, loss=loss)
-        if signals.requested(run.world.device):
-            raise _Stopped
-
-    t0 = time.perf_counter()
-    try:
-        result = warm_start(run, on_step)
-    except _Stopped:
-        logger.write(f"stopped by {signals.name or 'a signal to another rank'} during the warm start (step {len(losses)} of {steps}); nothing saved, a new run starts it again")
-        return None
-    seconds = time.perf_counter() - t0
-    logger.end_phase()
-    logger.log_before_training({**result, "warm_start/steps": float(steps), "timing_s/warm_start": seconds}, curve=losses)
-    logger.write(f"warm start: {steps} SFT steps, loss {result['warm_start/loss_first']:.3f} -> {result['warm_start/loss_last']:.3f} ({seconds:.1f}s)")
-    return result

@@ -23,8 +23,10 @@ from diffrl.models.base import DiffusionLM
 from diffrl.rng import SEED_SUPERVISED, counter_hash
 from diffrl.trainer.build import Run
 from diffrl.trainer.distributed import all_reduce_sum, all_reduce_sums
+from diffrl.trainer.logger import MetricLogger
 from diffrl.trainer.optim import lr_multiplier
 from diffrl.trainer.policy import Policy
+from diffrl.trainer.stop import StopSignals
 
 
 def response_text(row: dict[str, Any], field: str) -> str:
@@ -155,3 +157,34 @@ def warm_start(run: Run, on_step: Callable[[int, float], None] | None = None) ->
     if run.reference is not None:
         run.reference.anchor_to(run.policy)
     return {"warm_start/loss_first": losses[0], "warm_start/loss_last": sum(losses[-10:]) / len(losses[-10:])}
+
+
+class _Stopped(Exception):
+    """A stop signal arrived during the warm start."""
+
+
+def run_warm_start(run: Run, logger: MetricLogger, signals: StopSignals) -> dict[str, float] | None:
+    """The warm start with its progress, its losses in W&B (at step 0) and the console; None
+    when a signal stopped it (nothing is saved: a resume from step 0 runs it again)."""
+    cfg = run.cfg
+    steps = cfg.trainer.warm_start.steps
+    bar = logger.phase("warm start", steps)
+    losses: list[float] = []
+
+    def on_step(step: int, loss: float) -> None:
+        losses.append(loss)
+        bar.update(1, loss=loss)
+        if signals.requested(run.world.device):
+            raise _Stopped
+
+    t0 = time.perf_counter()
+    try:
+        result = warm_start(run, on_step)
+    except _Stopped:
+        logger.write(f"stopped by {signals.name or 'a signal to another rank'} during the warm start (step {len(losses)} of {steps}); nothing saved, a new run starts it again")
+        return None
+    seconds = time.perf_counter() - t0
+    logger.end_phase()
+    logger.log_before_training({**result, "warm_start/steps": float(steps), "timing_s/warm_start": seconds}, curve=losses)
+    logger.write(f"warm start: {steps} SFT steps, loss {result['warm_start/loss_first']:.3f} -> {result['warm_start/loss_last']:.3f} ({seconds:.1f}s)")
+    return result
