@@ -6,6 +6,7 @@
     python scripts/bench_rollout.py --device cuda --size real --batch 8 --gen-length 256
     python scripts/bench_rollout.py --batches 1 8 32 --gen-length 64   # batch throughput, cached + threshold
     python scripts/bench_rollout.py --recipes --gen-length 64          # paper-faithful vs fast rollout recipes
+    python scripts/bench_rollout.py --compile --families llada         # rollout.compile=true vs eager, compile time apart
 
 Each family is a random model of its published architecture (config.json from ``--hf-root``) at
 the chosen size. ``tiny`` is the tests' size (``diffrl.models.tiny``: width 64, two or three
@@ -24,7 +25,9 @@ and reports tokens/s against the first size, with the occupancy: the mean share 
 a forward runs (rows whose block is done wait for the others and are left out of the forward, so a
 low occupancy is time the batch spends on fewer rows than it has). ``--recipes`` compares each
 family's paper-faithful rollout recipe with its ``*_fast`` counterpart (``recipes/rollout/``, length
-set by ``--gen-length``).
+set by ``--gen-length``). ``--compile`` runs the uncached loop and cached + threshold eagerly and with
+``rollout.compile=true``: the first compiled rollout's extra time is the compile time, reported
+apart; the rate is that of a second compiled rollout; ``same`` says whether the tokens equal eager.
 """
 
 from __future__ import annotations
@@ -167,6 +170,29 @@ def bench_recipes(model_type: str, args: argparse.Namespace) -> None:
         print(f"{name:22} {rate:10.1f} {out.nfe.float().mean().item():7.1f} {tpf:6.2f} {seconds:8.2f} {rate / base:7.2f}x")
 
 
+def bench_compile(model_type: str, args: argparse.Namespace) -> None:
+    """Eager against ``rollout.compile=true`` for the uncached loop and cached + threshold."""
+    model = build(model_type, args)
+    block_causal = model.facts.attention == "block_causal"
+    block = model.facts.block_size if block_causal else args.block_length
+    prompts, mask = prompts_of(model, args, args.batch)
+    cfgs = settings(args, block, "prefix" if block_causal else args.cache)
+    generate(model, prompts[:1], mask[:1], replace(cfgs["cached"], max_completion_length=block, steps=1))  # warm-up
+    print(f"\n{model_type} eager vs rollout.compile=true (batch {args.batch}, gen {args.gen_length})")
+    print(f"{'setting':18} {'eager tok/s':>12} {'compiled tok/s':>15} {'speedup':>8} {'compile s':>10} {'same':>5}")
+    for name in ("uncached", "cached+threshold"):
+        cfg = cfgs[name]
+        eager, eager_s = timed_generate(model, prompts, mask, cfg, args.device)
+        _, first_s = timed_generate(model, prompts, mask, replace(cfg, compile=True), args.device)
+        compiled, compiled_s = timed_generate(model, prompts, mask, replace(cfg, compile=True), args.device)
+        tokens = args.batch * args.gen_length
+        same = torch.equal(eager.completion_ids, compiled.completion_ids)
+        print(
+            f"{name:18} {tokens / eager_s:12.1f} {tokens / compiled_s:15.1f} {eager_s / compiled_s:7.2f}x "
+            f"{first_s - compiled_s:10.1f} {str(same):>5}"
+        )
+
+
 def prompts_of(model, args: argparse.Namespace, bsz: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``bsz`` distinct random prompts (seeded) and their all-true mask."""
     facts = model.facts
@@ -199,6 +225,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (1 gives steady numbers on a shared machine)")
     parser.add_argument("--batches", type=int, nargs="+", default=None, help="batch throughput of cached+threshold at these sizes")
     parser.add_argument("--recipes", action="store_true", help=f"faithful vs fast rollout recipes ({', '.join(RECIPE_PAIRS)})")
+    parser.add_argument("--compile", action="store_true", help="eager vs rollout.compile=true, compile time apart")
     args = parser.parse_args()
     if args.vocab is None:
         args.vocab = 512 if args.size == "tiny" else 8192
@@ -212,6 +239,8 @@ def main() -> None:
     for model_type in args.families:
         if args.batches:
             bench_batches(model_type, args)
+        elif args.compile:
+            bench_compile(model_type, args)
         elif args.recipes:
             if model_type in RECIPE_PAIRS:
                 bench_recipes(model_type, args)

@@ -78,11 +78,14 @@ def attend(
     ``mask`` is a bool keep-mask [B, 1, Lq, Lk_total] (True = may attend) or None for full
     attention. Grouped-query heads are handled by SDPA itself. Returns [B, Lq, Hq * D].
     """
+    # Read from this call's K/V, whose head count comes from a weight's shape: a compiled forward
+    # sees the cache's sizes as symbolic, and SDPA takes a plain bool.
+    gqa = q.shape[1] != k.shape[1]
     if cache is not None:
         k, v = cache.update(layer_idx, k, v)
     if mask is not None and mask.dtype != torch.bool:
         raise TypeError(f"attention mask must be bool (True = attend), got {mask.dtype}")
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
     b, h, lq, d = out.shape
     return out.transpose(1, 2).reshape(b, lq, h * d)
 

@@ -61,7 +61,9 @@ class KVBuffer:
     ``bind`` says, before each forward, which buffer rows the forward's rows are (``read``) and
     which buffer rows its K/V go to (``write``, with ``expand`` mapping each written row to a
     forwarded one when identical rows were forwarded once). None means every buffer row in order,
-    which avoids copies.
+    which avoids copies. ``traced=True`` (a compiled forward) binds every index as a tensor, rows
+    and columns alike, so the forward's code takes one path whatever the window and one compiled
+    graph serves every step (Python ints and None-or-tensor branches would each be a recompile).
     """
 
     def __init__(self, num_rows: int, width: int) -> None:
@@ -72,10 +74,18 @@ class KVBuffer:
         self.write: Tensor | None = None
         self.expand: Tensor | None = None
         self.start = self.end = self.key_end = 0
+        self.cols: Tensor | None = None
+        self.keys: Tensor | None = None
 
-    def bind(self, read: Tensor | None, write: Tensor | None, expand: Tensor | None, window: Window) -> None:
+    def bind(self, read: Tensor | None, write: Tensor | None, expand: Tensor | None, window: Window, traced: bool = False) -> None:
         self.read, self.write, self.expand = read, write, expand
         self.start, self.end, self.key_end = window.start, window.end, window.key_end
+        self.cols = self.keys = None
+        if traced:
+            if read is None or write is None or expand is not None:
+                raise ValueError("a traced forward binds its read and write rows as tensors and no expansion (the deduplicated first forward runs eagerly)")
+            self.cols = torch.arange(window.start, window.end, device=read.device)
+            self.keys = torch.arange(window.key_end, device=read.device)
 
     def _buffers(self, layer_idx: int, k: Tensor) -> tuple[Tensor, Tensor]:
         if layer_idx not in self.k:
@@ -86,6 +96,8 @@ class KVBuffer:
 
     def update(self, layer_idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         buf_k, buf_v = self._buffers(layer_idx, k)
+        if self.cols is not None:
+            return self._traced_update(buf_k, buf_v, k, v)
         if self.expand is not None:
             k, v = k[self.expand], v[self.expand]
         cols = slice(self.start, self.end)
@@ -97,6 +109,14 @@ class KVBuffer:
         if self.read is None:
             return buf_k[:, :, keys], buf_v[:, :, keys]
         return buf_k[self.read, :, keys], buf_v[self.read, :, keys]
+
+    def _traced_update(self, buf_k: Tensor, buf_v: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        assert self.read is not None and self.write is not None and self.cols is not None and self.keys is not None
+        # Row and column index tensors around the head slice put [rows, cols] first: [n, L, H, D].
+        buf_k[self.write[:, None], :, self.cols[None, :]] = k.transpose(1, 2)
+        buf_v[self.write[:, None], :, self.cols[None, :]] = v.transpose(1, 2)
+        read, keys = self.read[:, None], self.keys[None, :]
+        return buf_k[read, :, keys].transpose(1, 2), buf_v[read, :, keys].transpose(1, 2)
 
     def keep(self, rows: Tensor) -> None:
         """Keep only buffer rows ``rows`` (samples that left the batch free their cache)."""

@@ -81,7 +81,7 @@ def generate(
     bsz, device = prompt_ids.shape[0], prompt_ids.device
     grid = BlockGrid.build(prompt_mask, cfg, facts)
     canvas = Canvas.start(prompt_ids, prompt_mask, grid.canvas_width, cfg, facts, fixed_tokens)
-    runner = Runner(model, canvas, make_cache(cfg, facts, canvas), bsz, cfg_scale=cfg.cfg_scale)
+    runner = Runner(model, canvas, make_cache(cfg, facts, canvas), bsz, cfg_scale=cfg.cfg_scale, compile=cfg.compile)
     if unmasking_policy is None and cfg.unmasking_policy is not None:
         unmasking_policy = policy_from_path(cfg.unmasking_policy, device)
     ids = torch.arange(bsz, device=device) if sample_ids is None else sample_ids.to(device)

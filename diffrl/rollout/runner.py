@@ -7,12 +7,15 @@ block columns only; logits are computed later and only for the rows that need a 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
 from diffrl.models.base import DiffusionLM
 from diffrl.rollout.cache import CachePlan, KVBuffer, Window
 from diffrl.rollout.canvas import Canvas
+from diffrl.rollout.compiled import compiled_forward
 
 
 def unique_rows(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -26,8 +29,9 @@ def unique_rows(x: Tensor) -> tuple[Tensor, Tensor]:
 class Runner:
     """Packs windows of the canvas into forwards and keeps the per-sample forward counts."""
 
-    def __init__(self, model: DiffusionLM, canvas: Canvas, cache: CachePlan, num_rows: int, cfg_scale: float = 0.0) -> None:
+    def __init__(self, model: DiffusionLM, canvas: Canvas, cache: CachePlan, num_rows: int, cfg_scale: float = 0.0, compile: bool = False) -> None:
         self.model, self.canvas, self.cache, self.cfg_scale = model, canvas, cache, cfg_scale
+        self.compiled = compiled_forward(model) if compile else None
         device = canvas.tokens.device
         self.buffer = KVBuffer(num_rows, canvas.width) if cache.uses_buffer else None
         # Buffer row of each batch row (-1 once the row has left).
@@ -69,28 +73,40 @@ class Runner:
         self.forwards += 1
         # Every row of the canvas, in order: read the canvas without gathering rows.
         fwd = slice(None) if expand is None and rows.numel() == c.tokens.shape[0] else rows[local]
+        # A deduplicated forward writes the cache through ``expand``, which the traced binding
+        # leaves out: that one forward per rollout runs eagerly.
+        traced = self.compiled is not None and (self.buffer is None or expand is None)
+        model = self.compiled if traced else self.model
+        # Slices of the canvas differ in strides and offsets from step to step; a compiled forward
+        # guards on them, so it gets contiguous copies (a few ids per row).
+        view = (lambda t: t.clone(memory_format=torch.contiguous_format)) if traced else (lambda t: t)
         if self.buffer is None:
-            hidden = self.model(c.tokens[fwd, :end], c.key_mask[fwd, :end])
+            tokens, key_mask = view(c.tokens[fwd, :end]), view(c.key_mask[fwd, :end])
+            hidden = model(tokens, key_mask)
             if self.cfg_scale > 0:
-                hidden = self._guided(hidden, c.tokens[fwd, :end], c.key_mask[fwd, :end])
+                hidden = self._guided(model, hidden, tokens, key_mask)
         else:
             q_cols = torch.arange(start, end, device=rows.device)
             mask = self.model.build_mask(c.key_mask[fwd, : window.key_end], end - start, q_cols)
             visible = window.visible(local)
             if visible is not None:
                 mask = mask & visible[:, None, None, :]
-            # Deduplicated rows come in the order of their values, not sorted: their slots are looked up.
-            read = self._slots(rows) if isinstance(fwd, slice) else self._slots(fwd) if expand is None else self.slot[fwd]
-            self.buffer.bind(read=read, write=self._slots(rows), expand=expand, window=window)
-            hidden = self.model(c.tokens[fwd, start:end], mask, position_ids=c.positions[fwd, start:end], cache=self.buffer)
+            if traced:
+                read, write = self.slot[rows] if isinstance(fwd, slice) else self.slot[fwd], self.slot[rows]
+            else:
+                # Deduplicated rows come in the order of their values, not sorted: their slots are looked up.
+                read = self._slots(rows) if isinstance(fwd, slice) else self._slots(fwd) if expand is None else self.slot[fwd]
+                write = self._slots(rows)
+            self.buffer.bind(read=read, write=write, expand=expand, window=window, traced=traced)
+            hidden = model(view(c.tokens[fwd, start:end]), mask, position_ids=view(c.positions[fwd, start:end]), cache=self.buffer)
         return hidden if expand is None else hidden[expand]
 
-    def _guided(self, hidden: Tensor, tokens: Tensor, key_mask: Tensor) -> Tensor:
+    def _guided(self, model: Callable[..., Tensor], hidden: Tensor, tokens: Tensor, key_mask: Tensor) -> Tensor:
         """d1's guidance, h_un + (cfg_scale + 1)(h - h_un), with h_un from the prompt all M: the
         LM head is linear (no bias is read), so this guides the logits."""
         blank = tokens.clone()
         blank[:, : self.canvas.prompt_width] = self.model.facts.mask_token_id
-        unconditional = self.model(blank, key_mask)
+        unconditional = model(blank, key_mask)
         return unconditional + (self.cfg_scale + 1) * (hidden - unconditional)
 
     def _slots(self, rows: Tensor) -> Tensor | None:
