@@ -122,3 +122,17 @@ def test_draws_depend_on_the_keys_not_the_batch() -> None:
     alone = decode_step_torch(hidden[4:5], weight, noise_keys=keys[4:5], chunk_bytes=4 * GROUP, **args)
     assert torch.equal(alone.token, whole.token[4:5])
     assert not torch.equal(decode_step_torch(hidden, weight, noise_keys=keys + 1, **args).token, whole.token)
+
+
+@pytest.mark.parametrize("case", [dict(temperature=0.0), dict(temperature=0.7)])
+def test_an_unfiltered_step_never_waits_on_the_device(case: dict) -> None:
+    """Suppressed ids are host ints filled per vocabulary chunk: no bool index, no ``nonzero``.
+    (Top-k and top-p read the device once per call: which rows' candidates may be too few, a tie
+    at the k-th or a nucleus past the candidates, and need a wider pass.)"""
+    from diffrl.rollout.syncs import SyncCounter
+
+    hidden, weight, keys = lm_head(3)
+    counter = SyncCounter()
+    with counter:
+        decode_step_torch(hidden, weight, **case, noise_keys=keys if case["temperature"] else None, suppress_ids=SUPPRESS, chunk_bytes=4 * N * GROUP)
+    assert counter.total == 0, dict(counter.calls)

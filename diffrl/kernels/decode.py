@@ -314,7 +314,6 @@ def decode_step_torch(
     model_dot = "entropy" in needs and (stats == "model" or same)
     want_top2 = not filtered and (temperature == 0 or "margin" in needs)
     k_cand = (candidates or candidates_for(vocab, top_k, top_p)) if filtered else 0
-    suppress = torch.tensor(suppress_ids, dtype=torch.long, device=device)
 
     cols = max(GROUP, (chunk_bytes // (4 * max(n, 1))) // GROUP * GROUP)
     model = tempered = None
@@ -337,9 +336,10 @@ def decode_step_torch(
         else:
             torch.mm(hidden, weight[start : start + width].T, out=z)
         z[:, width:] = float("-inf")
-        local = suppress[(suppress >= start) & (suppress < start + width)] - start
-        if local.numel():
-            z.index_fill_(-1, local, float("-inf"))
+        # The ids are host ints: filling their columns needs no device-side lookup (and no sync).
+        for i in suppress_ids:
+            if start <= i < start + width:
+                z[:, i - start] = float("-inf")
         if sample_groups:
             part, score, group, zg = group_pass(z, start, noise_keys, 1.0 / t_samp, tempered_dot, scratch)
             better = score > best

@@ -32,6 +32,9 @@ class Runner:
     def __init__(self, model: DiffusionLM, canvas: Canvas, cache: CachePlan, num_rows: int, cfg_scale: float = 0.0, compile: bool = False) -> None:
         self.model, self.canvas, self.cache, self.cfg_scale = model, canvas, cache, cfg_scale
         self.compiled = compiled_forward(model) if compile else None
+        # With no padding anywhere, a bidirectional forward attends to every key, which SDPA does
+        # fastest with no mask at all (the published loops pass none); one sync per rollout.
+        self.full_attention = model.facts.attention == "bidirectional" and bool(canvas.key_mask.all())
         device = canvas.tokens.device
         self.buffer = KVBuffer(num_rows, canvas.width) if cache.uses_buffer else None
         # Buffer row of each batch row (-1 once the row has left).
@@ -81,16 +84,12 @@ class Runner:
         # guards on them, so it gets contiguous copies (a few ids per row).
         view = (lambda t: t.clone(memory_format=torch.contiguous_format)) if traced else (lambda t: t)
         if self.buffer is None:
-            tokens, key_mask = view(c.tokens[fwd, :end]), view(c.key_mask[fwd, :end])
+            tokens, key_mask = view(c.tokens[fwd, :end]), None if self.full_attention else view(c.key_mask[fwd, :end])
             hidden = model(tokens, key_mask)
             if self.cfg_scale > 0:
                 hidden = self._guided(model, hidden, tokens, key_mask)
         else:
-            q_cols = torch.arange(start, end, device=rows.device)
-            mask = self.model.build_mask(c.key_mask[fwd, : window.key_end], end - start, q_cols)
-            visible = window.visible(local)
-            if visible is not None:
-                mask = mask & visible[:, None, None, :]
+            mask = None if self.full_attention else self._window_mask(fwd, local, window)
             if traced:
                 read, write = self.slot[rows] if isinstance(fwd, slice) else self.slot[fwd], self.slot[rows]
             else:
@@ -100,6 +99,13 @@ class Runner:
             self.buffer.bind(read=read, write=write, expand=expand, window=window, traced=traced)
             hidden = model(view(c.tokens[fwd, start:end]), mask, position_ids=view(c.positions[fwd, start:end]), cache=self.buffer)
         return hidden if expand is None else hidden[expand]
+
+    def _window_mask(self, fwd: Tensor | slice, local: Tensor, window: Window) -> Tensor:
+        """The keep-mask [rows, 1, end - start, key_end] of the window's queries over its keys."""
+        q_cols = torch.arange(window.start, window.end, device=local.device)
+        mask = self.model.build_mask(self.canvas.key_mask[fwd, : window.key_end], window.end - window.start, q_cols)
+        visible = window.visible(local)
+        return mask if visible is None else mask & visible[:, None, None, :]
 
     def _guided(self, model: Callable[..., Tensor], hidden: Tensor, tokens: Tensor, key_mask: Tensor) -> Tensor:
         """d1's guidance, h_un + (cfg_scale + 1)(h - h_un), with h_un from the prompt all M: the
