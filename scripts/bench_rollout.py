@@ -7,6 +7,7 @@
     python scripts/bench_rollout.py --batches 1 8 32 --gen-length 64   # batch throughput, cached + threshold
     python scripts/bench_rollout.py --recipes --gen-length 64          # paper-faithful vs fast rollout recipes
     python scripts/bench_rollout.py --compile --families llada         # rollout.compile=true vs eager, compile time apart
+    python scripts/bench_rollout.py --gemm-rows 32 64 128 256 --vocab 126464   # what batching can gain: matmul rate per row count
 
 Each family is a random model of its published architecture (config.json from ``--hf-root``) at
 the chosen size. ``tiny`` is the tests' size (``diffrl.models.tiny``: width 64, two or three
@@ -28,6 +29,9 @@ family's paper-faithful rollout recipe with its ``*_fast`` counterpart (``recipe
 set by ``--gen-length``). ``--compile`` runs the uncached loop and cached + threshold eagerly and with
 ``rollout.compile=true``: the first compiled rollout's extra time is the compile time, reported
 apart; the rate is that of a second compiled rollout; ``same`` says whether the tokens equal eager.
+``--gemm-rows`` times the mid model's two matmul shapes (the LM head over ``--vocab`` and an MLP
+projection) at each row count: a block step of batch B decodes up to B x block rows, so the rate at
+B x 32 rows over the rate at 32 bounds what batch B can gain on this device.
 """
 
 from __future__ import annotations
@@ -193,6 +197,31 @@ def bench_compile(model_type: str, args: argparse.Namespace) -> None:
         )
 
 
+def bench_gemm(args: argparse.Namespace) -> None:
+    """GFLOP/s of the LM head and an MLP projection of the mid size at each of ``--gemm-rows``."""
+    hidden, mlp = 512, 1376
+    print(f"\nmatmul rate by rows (hidden {hidden}, best of 3; the LM head over vocabulary {args.vocab}, an MLP projection to {mlp})")
+    print(f"{'rows':>6} {'LM head ms':>11} {'GFLOP/s':>8} {'MLP us':>8} {'GFLOP/s':>8}")
+    head = torch.randn(args.vocab, hidden, device=args.device) * 0.02
+    proj = torch.randn(mlp, hidden, device=args.device) * 0.02
+    for rows in args.gemm_rows:
+        x = torch.randn(rows, hidden, device=args.device)
+        rates = []
+        for weight, repeats in ((head, 3), (proj, 20)):
+            x @ weight.T
+            best = float("inf")
+            for _ in range(repeats):
+                if args.device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                x @ weight.T
+                if args.device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                best = min(best, time.perf_counter() - start)
+            rates.append((best, 2 * rows * hidden * weight.shape[0] / best / 1e9))
+        print(f"{rows:6d} {rates[0][0] * 1e3:11.1f} {rates[0][1]:8.1f} {rates[1][0] * 1e6:8.1f} {rates[1][1]:8.1f}")
+
+
 def prompts_of(model, args: argparse.Namespace, bsz: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``bsz`` distinct random prompts (seeded) and their all-true mask."""
     facts = model.facts
@@ -226,6 +255,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=None, help="batch throughput of cached+threshold at these sizes")
     parser.add_argument("--recipes", action="store_true", help=f"faithful vs fast rollout recipes ({', '.join(RECIPE_PAIRS)})")
     parser.add_argument("--compile", action="store_true", help="eager vs rollout.compile=true, compile time apart")
+    parser.add_argument("--gemm-rows", type=int, nargs="+", default=None, help="matmul rate of the mid size's shapes at these row counts")
     args = parser.parse_args()
     if args.vocab is None:
         args.vocab = 512 if args.size == "tiny" else 8192
@@ -236,6 +266,9 @@ def main() -> None:
         f"dtype={args.dtype} batch={args.batch} prompt={args.prompt_length} "
         f"gen={args.gen_length} steps={args.gen_length} T=0 threads={torch.get_num_threads()}"
     )
+    if args.gemm_rows:
+        bench_gemm(args)
+        return
     for model_type in args.families:
         if args.batches:
             bench_batches(model_type, args)

@@ -21,7 +21,9 @@ from diffrl.rollout import RolloutConfig, generate
 from tests.rollout_helpers import cache_kind, config, family_model, left_padded_prompts
 
 pytestmark = pytest.mark.slow
-DENSE = ("llada", "dream", "sdar")
+# family -> how many of ``rollouts`` it traces: Dream's layers are SDAR's and its attention LLaDA's,
+# so its own part, the logit shift, is checked where it matters (the cached window) alone.
+DENSE = {"llada": 2, "dream": 1, "sdar": 2}
 
 
 @pytest.fixture()
@@ -40,14 +42,15 @@ def assert_same_rollout(eager, traced) -> None:
     torch.testing.assert_close(traced.confidence, eager.confidence)
 
 
-def rollouts(model: DiffusionLM) -> list[RolloutConfig]:
+def rollouts(model: DiffusionLM, count: int = 2) -> list[RolloutConfig]:
     """The family's cache with threshold decoding, and the uncached loop."""
-    return [config(model, kv_cache=cache_kind(model), threshold=0.5), config(model)]
+    return [config(model, kv_cache=cache_kind(model), threshold=0.5), config(model)][:count]
 
 
-@pytest.mark.parametrize("family", DENSE)
+@pytest.mark.parametrize("family", list(DENSE))
 def test_every_dense_family_traces_to_the_eager_tokens_without_recompiling_per_step(tiny_checkpoint, aot_eager, family: str) -> None:
-    torch._dynamo.reset()
+    # No dynamo reset between families: they share DiffusionLM.forward's compiled entries, more
+    # than dynamo's default cap of 8 by the third family, which must still compile (not fall back).
     counters.clear()
     model = family_model(tiny_checkpoint, family)
     # Dynamo compiles one-row variants (of the forward, and of the cache) once each: a batch of one,
@@ -57,7 +60,7 @@ def test_every_dense_family_traces_to_the_eager_tokens_without_recompiling_per_s
     inpainted[0, 1:] = 7
     for lengths, fixed in (([6], None), ([5, 9, 7], None), ([5, 9], inpainted)):
         prompts, mask = left_padded_prompts(lengths)
-        for cfg in rollouts(model):
+        for cfg in rollouts(model, DENSE[family]):
             fixed_tokens = None if fixed is None else fixed[:, : cfg.max_completion_length]
             eager = generate(model, prompts, mask, cfg, fixed_tokens=fixed_tokens)
             assert_same_rollout(eager, generate(model, prompts, mask, replace(cfg, compile=True), fixed_tokens=fixed_tokens))
@@ -65,7 +68,7 @@ def test_every_dense_family_traces_to_the_eager_tokens_without_recompiling_per_s
     assert warm > 0, "rollout.compile=true ran no compiled forward"
     # Twice the blocks and steps, other prompts and batch size: sizes move, the graphs stay.
     prompts, mask = left_padded_prompts([6, 11, 4, 8], seed=1)
-    for cfg in rollouts(model):
+    for cfg in rollouts(model, DENSE[family]):
         longer = replace(cfg, max_completion_length=2 * cfg.max_completion_length, steps=2 * cfg.steps)
         assert_same_rollout(generate(model, prompts, mask, longer), generate(model, prompts, mask, replace(longer, compile=True)))
     assert graphs() == warm, f"a longer rollout compiled {graphs() - warm} more graphs: something recompiles per step or block"
@@ -84,5 +87,5 @@ def test_inductor_decodes_the_eager_tokens(tiny_checkpoint) -> None:
     torch._dynamo.reset()
     model = family_model(tiny_checkpoint, "llada", dtype=torch.float32)
     prompts, mask = left_padded_prompts([5, 9])
-    for cfg in rollouts(model)[:1]:
+    for cfg in rollouts(model, 1):
         assert_same_rollout(generate(model, prompts, mask, cfg), generate(model, prompts, mask, replace(cfg, compile=True)))

@@ -22,11 +22,16 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor
+from torch._dynamo import config as dynamo_config
 from torch.fx.experimental import _config as fx_config
 
 from diffrl.models.base import DiffusionLM
 from diffrl.models.moe import SparseMoE
 
+# Every family's forward is DiffusionLM.forward, one code object whose compiled entries dynamo caps
+# at 8 by default: a process that rolls out with two families (or uncached and cached, each with its
+# one-row variants) would pass it and silently fall back to eager.
+RECOMPILE_LIMIT = 64
 # torch.compile's backend. The tests that check tracing (graph breaks, recompiles) on every family
 # switch it to aot_eager, which traces the same graphs without inductor's C++ build.
 BACKEND = "inductor"
@@ -50,7 +55,7 @@ def compiled_forward(model: DiffusionLM) -> Callable[..., Tensor]:
     def forward(*args: Any, **kwargs: Any) -> Tensor:
         # Duck sizing would tie sizes that happen to be equal at the first call (the forward's rows
         # and the cache's) and recompile when they part.
-        with fx_config.patch(use_duck_shape=False):
+        with fx_config.patch(use_duck_shape=False), dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT):
             return fn(model, *args, **kwargs)
 
     return forward
