@@ -7,7 +7,8 @@
 Writes a mid-size random checkpoint of a published family whose folder ships its tokenizer (Dream,
 SDAR: the published vocabulary, so the LM head costs what it does in the real model; LLaDA's folder
 has no tokenizer files), then runs ``python -m diffrl.train`` with d1's recipe (diffu-GRPO,
-``num_iterations`` 12, GSM8K) on it for ``--steps`` steps with each rollout recipe in turn, and
+``num_iterations`` 12, GSM8K) on it for ``--steps`` steps with each rollout recipe in turn (its block
+and steps scaled to ``--gen-length``), and
 reads every step's ``timing_s/*`` from the run's ``metrics.jsonl``. The first step is left out
 (start-up). Reported per rollout recipe: seconds per step, ``timing_s/gen`` and its share of
 ``timing_s/step``, and the other sections' shares. A benchmark: it asserts nothing.
@@ -39,11 +40,17 @@ def write_checkpoint(args: argparse.Namespace, out: Path) -> Path:
 
 def run(args: argparse.Namespace, model_path: Path, rollout: str, out: Path) -> list[dict]:
     """Train ``--steps`` steps with ``rollout`` and return each step's metrics."""
+    import yaml
+
     _, model_recipe, _ = FAMILIES[args.family]
+    # The recipe's own block and steps, scaled to --gen-length as bench_rollout.py --recipes does.
+    fields = yaml.safe_load((REPO / "recipes" / "rollout" / f"{rollout}.yaml").read_text())
+    block = min(fields["block_length"], args.gen_length)
+    steps = max(args.gen_length // block, int(fields["steps"] * args.gen_length / fields["max_completion_length"]))
     cmd = [
         sys.executable, "-m", "diffrl.train", "recipe=d1_llada_gsm8k", f"model={model_recipe}", f"model.path={model_path}",
-        f"rollout={rollout}", f"rollout.max_completion_length={args.gen_length}", f"rollout.steps={args.gen_length // args.tokens_per_step}",
-        f"rollout.block_length={min(args.block_length, args.gen_length)}", f"data_dir={args.data_dir}", f"model.dtype={args.dtype}",
+        f"rollout={rollout}", f"rollout.max_completion_length={args.gen_length}", f"rollout.steps={steps}",
+        f"rollout.block_length={block}", f"data_dir={args.data_dir}", f"model.dtype={args.dtype}",
         "model.gradient_checkpointing=false", f"algorithm.num_generations={args.num_generations}", f"trainer.batch_size={args.prompts}",
         f"trainer.micro_batch_size={args.micro_batch}", f"trainer.total_steps={args.steps}", "trainer.wandb.enabled=false",
         f"trainer.output_dir={out}", "trainer.progress_bar=false", "trainer.plot=false", "trainer.save_every=0", f"trainer.device={args.device}",
@@ -68,8 +75,6 @@ def main() -> None:
     parser.add_argument("--num-generations", type=int, default=4)
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--gen-length", type=int, default=128)
-    parser.add_argument("--block-length", type=int, default=32)
-    parser.add_argument("--tokens-per-step", type=int, default=1, help="rollout.steps = gen_length / this (the fast recipes' threshold commits more)")
     parser.add_argument("--std", type=float, default=0.5, help="init std: random weights need a large one for peaked outputs (top-p nuclei of a few ids, thresholds that fire), as a trained model has")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")
@@ -83,7 +88,8 @@ def main() -> None:
         for rollout in args.rollouts:
             steps = run(args, model_path, rollout, Path(tmp) / f"run-{rollout}")[1:]
             total = sum(m["timing_s/step"] for m in steps)
-            sections = sorted({k for m in steps for k in m if k.startswith("timing_s/") and k not in ("timing_s/step", "timing_s/gen")})
+            # update_actor is verl's name for update, logged twice.
+            sections = sorted({k for m in steps for k in m if k.startswith("timing_s/")} - {"timing_s/step", "timing_s/gen", "timing_s/update_actor"})
             shares = {k: sum(m.get(k, 0.0) for m in steps) / total for k in sections}
             gen = sum(m["timing_s/gen"] for m in steps)
             others = ", ".join(f"{k.removeprefix('timing_s/')} {v:.0%}" for k, v in shares.items() if v >= 0.01)
