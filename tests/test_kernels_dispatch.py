@@ -150,3 +150,11 @@ def test_switching_backends_changes_the_model_only_within_tolerance(tiny_llada_d
     if dtype == torch.float32:  # bf16 rounding may flip near-tied choices; fp32 must not
         assert torch.equal(r1.completion_ids, r0.completion_ids) and torch.equal(r1.step_map, r0.step_map)
         assert torch.allclose(r1.confidence, r0.confidence, atol=1e-4) and torch.allclose(r1.logprob, r0.logprob, atol=1e-4)
+
+
+def test_importing_the_package_leaves_triton_unimported() -> None:
+    """Triton fixes compile-or-interpret when first imported, so importing diffrl (the rollout's
+    compile support imports torch._dynamo, which imports triton) must not import it first."""
+    code = "import sys, diffrl, diffrl.rollout, diffrl.trainer, diffrl.eval, diffrl.algorithms; print(sorted(m for m in ('triton', 'torch._dynamo') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -22,8 +22,6 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor
-from torch._dynamo import config as dynamo_config
-from torch.fx.experimental import _config as fx_config
 
 from diffrl.models.base import DiffusionLM
 from diffrl.models.moe import SparseMoE
@@ -47,6 +45,11 @@ def compiled_forward(model: DiffusionLM) -> Callable[..., Tensor]:
             f"rollout.compile=true compiles dense models only; {model.family}'s expert dispatch breaks the graph in every "
             "layer (see diffrl/rollout/compiled.py). Set rollout.compile=false for this model"
         )
+    # Imported here, not at module level: torch._dynamo imports triton, and importing diffrl must not
+    # fix triton's mode before a caller chooses it (the kernel tests set TRITON_INTERPRET first).
+    from torch._dynamo import config as dynamo_config
+    from torch.fx.experimental import _config as fx_config
+
     key = (type(model), BACKEND)
     if key not in _COMPILED:
         _COMPILED[key] = torch.compile(type(model).forward, dynamic=True, backend=BACKEND)
