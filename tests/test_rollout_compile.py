@@ -1,8 +1,7 @@
 """``rollout.compile``: the compiled per-step forward decodes what eager decoding does, and compiles
-a fixed set of graphs however many steps, blocks and rows a rollout has. Mixture-of-experts families
-are refused (``diffrl/rollout/compiled.py`` says why).
+a fixed set of graphs however many steps, blocks and rows a rollout has.
 
-Tracing is checked on every dense family with the ``aot_eager`` backend (dynamo and AOTAutograd, the
+Tracing is checked on every family with the ``aot_eager`` backend (dynamo and AOTAutograd, the
 parts that must accept our code, without inductor's C++ build, which takes minutes on two cores);
 inductor itself, the backend ``rollout.compile`` uses, runs LLaDA's dual-cache rollout.
 """
@@ -22,8 +21,9 @@ from tests.rollout_helpers import cache_kind, config, family_model, left_padded_
 
 pytestmark = pytest.mark.slow
 # family -> how many of ``rollouts`` it traces: Dream's layers are SDAR's and its attention LLaDA's,
-# so its own part, the logit shift, is checked where it matters (the cached window) alone.
-DENSE = {"llada": 2, "dream": 1, "sdar": 2}
+# so its own part, the logit shift, is checked where it matters (the cached window) alone; the MoE
+# families' own part is the expert dispatch, the same in either rollout.
+FAMILIES = {"llada": 2, "dream": 1, "sdar": 2, "sdar_moe": 1, "llada2_moe": 1}
 
 
 @pytest.fixture()
@@ -47,8 +47,8 @@ def rollouts(model: DiffusionLM, count: int = 2) -> list[RolloutConfig]:
     return [config(model, kv_cache=cache_kind(model), threshold=0.5), config(model)][:count]
 
 
-@pytest.mark.parametrize("family", list(DENSE))
-def test_every_dense_family_traces_to_the_eager_tokens_without_recompiling_per_step(tiny_checkpoint, aot_eager, family: str) -> None:
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_traces_to_the_eager_tokens_without_recompiling_per_step(tiny_checkpoint, aot_eager, family: str) -> None:
     # No dynamo reset between families: they share DiffusionLM.forward's compiled entries, more
     # than dynamo's default cap of 8 by the third family, which must still compile (not fall back).
     counters.clear()
@@ -60,7 +60,7 @@ def test_every_dense_family_traces_to_the_eager_tokens_without_recompiling_per_s
     inpainted[0, 1:] = 7
     for lengths, fixed in (([6], None), ([5, 9, 7], None), ([5, 9], inpainted)):
         prompts, mask = left_padded_prompts(lengths)
-        for cfg in rollouts(model, DENSE[family]):
+        for cfg in rollouts(model, FAMILIES[family]):
             fixed_tokens = None if fixed is None else fixed[:, : cfg.max_completion_length]
             eager = generate(model, prompts, mask, cfg, fixed_tokens=fixed_tokens)
             assert_same_rollout(eager, generate(model, prompts, mask, replace(cfg, compile=True), fixed_tokens=fixed_tokens))
@@ -68,19 +68,12 @@ def test_every_dense_family_traces_to_the_eager_tokens_without_recompiling_per_s
     assert warm > 0, "rollout.compile=true ran no compiled forward"
     # Twice the blocks and steps, other prompts and batch size: sizes move, the graphs stay.
     prompts, mask = left_padded_prompts([6, 11, 4, 8], seed=1)
-    for cfg in rollouts(model, DENSE[family]):
+    for cfg in rollouts(model, FAMILIES[family]):
         longer = replace(cfg, max_completion_length=2 * cfg.max_completion_length, steps=2 * cfg.steps)
         assert_same_rollout(generate(model, prompts, mask, longer), generate(model, prompts, mask, replace(longer, compile=True)))
     assert graphs() == warm, f"a longer rollout compiled {graphs() - warm} more graphs: something recompiles per step or block"
     assert not counters["graph_break"], dict(counters["graph_break"])
 
-
-@pytest.mark.parametrize("family", ("sdar_moe", "llada2_moe"))
-def test_moe_families_are_refused_with_the_fix(tiny_checkpoint, family: str) -> None:
-    model = family_model(tiny_checkpoint, family)
-    prompts, mask = left_padded_prompts([5, 9])
-    with pytest.raises(ValueError, match="rollout.compile=false"):
-        generate(model, prompts, mask, replace(config(model), compile=True))
 
 
 def test_inductor_decodes_the_eager_tokens(tiny_checkpoint) -> None:

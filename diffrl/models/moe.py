@@ -9,6 +9,7 @@ gradient (zero when unused) on every rank and the autograd graph does not depend
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -97,6 +98,38 @@ class GroupLimitedRouter(nn.Module):
         return Routing(indices, weights * self.routed_scaling_factor, probs)
 
 
+def dispatch(x: Tensor, indices: Tensor, weights: Tensor, experts: list[Callable[[Tensor], Tensor]]) -> tuple[Tensor, Tensor]:
+    """Weighted sum of each token's experts [T, H] (``indices``/``weights`` [T, k]), and the tokens
+    per expert [E]."""
+    tokens, k = indices.shape
+    flat = indices.flatten()
+    order = flat.argsort(stable=True)
+    # A fixed-size count (unlike bincount) keeps the shape static for torch.compile.
+    counts = torch.zeros(len(experts), dtype=torch.long, device=flat.device).index_add_(0, flat, torch.ones_like(flat))
+    # One host sync per layer: the slice sizes.
+    slices = x[order // k].split(counts.tolist())
+    sorted_out = torch.cat([expert(chunk) for expert, chunk in zip(experts, slices)])
+    out = torch.empty_like(sorted_out).index_copy(0, order, sorted_out).view(tokens, k, -1)
+    return (out.to(weights.dtype) * weights[..., None]).sum(1).to(x.dtype), counts
+
+
+@torch.library.custom_op("diffrl::moe_dispatch", mutates_args=())
+def compiled_dispatch(
+    x: Tensor, indices: Tensor, weights: Tensor, gate: list[Tensor], up: list[Tensor], down: list[Tensor]
+) -> tuple[Tensor, Tensor]:
+    """:func:`dispatch` as one opaque op for compiled forwards: its host sync (the slice sizes) stays
+    inside, and its outputs' shapes do not depend on the routing, so the graph does not break."""
+    experts = [
+        (lambda chunk, g=g, u=u, d=d: F.linear(F.silu(F.linear(chunk, g)) * F.linear(chunk, u), d)) for g, u, d in zip(gate, up, down)
+    ]
+    return dispatch(x, indices, weights, experts)
+
+
+@compiled_dispatch.register_fake
+def _(x: Tensor, indices: Tensor, weights: Tensor, gate: list[Tensor], up: list[Tensor], down: list[Tensor]) -> tuple[Tensor, Tensor]:
+    return x.new_empty(x.shape), indices.new_empty(len(gate))
+
+
 class Experts(nn.ModuleList):
     """Routed SwiGLU experts, dispatched by sorting (token, slot) pairs by expert."""
 
@@ -105,17 +138,15 @@ class Experts(nn.ModuleList):
 
     def forward(self, x: Tensor, routing: Routing) -> tuple[Tensor, Tensor]:
         """Weighted sum of each token's experts [T, H], and the tokens per expert [E]."""
-        tokens, k = routing.indices.shape
-        flat = routing.indices.flatten()
-        order = flat.argsort(stable=True)
-        # A fixed-size count (unlike bincount) keeps the shape static for torch.compile.
-        counts = torch.zeros(len(self), dtype=torch.long, device=flat.device).index_add_(0, flat, torch.ones_like(flat))
-        # One host sync per layer: the slice sizes.
-        slices = x[order // k].split(counts.tolist())
-        sorted_out = torch.cat([expert(chunk) for expert, chunk in zip(self, slices)])
-        out = torch.empty_like(sorted_out).index_copy(0, order, sorted_out).view(tokens, k, -1)
-        weights = routing.weights
-        return (out.to(weights.dtype) * weights[..., None]).sum(1).to(x.dtype), counts
+        if torch.compiler.is_compiling() and not torch.is_grad_enabled():
+            # Inference only (rollout.compile): the op has no backward, so a compiled training
+            # forward keeps the plain dispatch (and its graph break).
+            experts: list[SwiGLU] = list(self)  # type: ignore[arg-type]
+            return compiled_dispatch(
+                x, routing.indices, routing.weights, [e.gate_proj.weight for e in experts], [e.up_proj.weight for e in experts],
+                [e.down_proj.weight for e in experts],
+            )
+        return dispatch(x, routing.indices, routing.weights, list(self))
 
 
 class SparseMoE(nn.Module):

@@ -7,9 +7,9 @@ specialises) and then none per step, block or batch size. The KV buffer is bound
 (``KVBuffer.bind(traced=True)``) for the same reason. The first forward of a rollout writes the
 buffer from deduplicated prompts and runs eagerly.
 
-Mixture-of-experts families are refused: their expert dispatch needs the per-expert token counts on
-the host, which breaks the graph inside the layer loop, so dynamo falls back to compiling each layer
-apart and recompiles per layer (past its recompile limit on a real model's depth).
+Mixture-of-experts layers dispatch through one opaque op under compile (``diffrl::moe_dispatch``,
+``models/moe.py``): the per-expert slice sizes are read on the host inside it, and its outputs'
+shapes do not depend on the routing, so the layer loop stays one graph.
 
 The decode step is not compiled: its PyTorch fallback already walks the vocabulary in fused
 chunks, and on a GPU the Triton kernel replaces it. CUDA graphs are not used (they need fixed
@@ -24,7 +24,6 @@ import torch
 from torch import Tensor
 
 from diffrl.models.base import DiffusionLM
-from diffrl.models.moe import SparseMoE
 
 # Every family's forward is DiffusionLM.forward, one code object whose compiled entries dynamo caps
 # at 8 by default: a process that rolls out with two families (or uncached and cached, each with its
@@ -40,11 +39,6 @@ _COMPILED: dict[tuple[type, str], Callable[..., Tensor]] = {}
 
 def compiled_forward(model: DiffusionLM) -> Callable[..., Tensor]:
     """``model.forward`` compiled with symbolic shapes; call it like the model."""
-    if any(isinstance(m, SparseMoE) for m in model.modules()):
-        raise ValueError(
-            f"rollout.compile=true compiles dense models only; {model.family}'s expert dispatch breaks the graph in every "
-            "layer (see diffrl/rollout/compiled.py). Set rollout.compile=false for this model"
-        )
     # Imported here, not at module level: torch._dynamo imports triton, and importing diffrl must not
     # fix triton's mode before a caller chooses it (the kernel tests set TRITON_INTERPRET first).
     from torch._dynamo import config as dynamo_config
