@@ -150,23 +150,25 @@ def bench_batches(model_type: str, args: argparse.Namespace) -> None:
         print(f"{bsz:6d} {rate:10.1f} {rate / base:8.2f}x {len(sizes):9d} {occupancy:10.2f} {tpf:6.2f} {seconds:8.2f}")
 
 
-def bench_recipes(model_type: str, args: argparse.Namespace) -> None:
-    """NFE, TPF and tokens/s of the family's faithful and fast rollout recipes."""
+def scaled_recipe(name: str, gen_length: int) -> dict:
+    """The fields of ``recipes/rollout/<name>.yaml`` with its length set to ``gen_length``: the block
+    capped by it and the steps scaled with it (at least one per block)."""
     import yaml
 
+    fields = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "rollout" / f"{name}.yaml").read_text())
+    block = min(fields["block_length"], gen_length)
+    steps = max(gen_length // block, int(fields["steps"] * gen_length / fields["max_completion_length"]))
+    return {**fields, "max_completion_length": gen_length, "block_length": block, "steps": steps}
+
+
+def bench_recipes(model_type: str, args: argparse.Namespace) -> None:
+    """NFE, TPF and tokens/s of the family's faithful and fast rollout recipes."""
     model = build(model_type, args)
-    root = Path(__file__).resolve().parents[1] / "recipes" / "rollout"
     print(f"\n{model_type} rollout recipes at gen {args.gen_length} (steps scaled with it), batch {args.batch}")
     print(f"{'recipe':22} {'tokens/s':>10} {'NFE':>7} {'TPF':>6} {'seconds':>8} {'speedup':>8}")
     base = None
     for name in RECIPE_PAIRS[model_type]:
-        fields = yaml.safe_load((root / f"{name}.yaml").read_text())
-        scale = args.gen_length / fields["max_completion_length"]
-        fields.update(
-            max_completion_length=args.gen_length, block_length=min(fields["block_length"], args.gen_length),
-            steps=max(args.gen_length // min(fields["block_length"], args.gen_length), int(fields["steps"] * scale)), stop_at_eos=False,
-        )
-        cfg = RolloutConfig(**fields)
+        cfg = RolloutConfig(**{**scaled_recipe(name, args.gen_length), "stop_at_eos": False})
         out, seconds = timed_generate(model, *prompts_of(model, args, args.batch), cfg, args.device)
         rate = args.batch * args.gen_length / seconds
         base = rate if base is None else base

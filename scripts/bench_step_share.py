@@ -40,13 +40,12 @@ def write_checkpoint(args: argparse.Namespace, out: Path) -> Path:
 
 def run(args: argparse.Namespace, model_path: Path, rollout: str, out: Path) -> list[dict]:
     """Train ``--steps`` steps with ``rollout`` and return each step's metrics."""
-    import yaml
+    from bench_rollout import scaled_recipe
 
     _, model_recipe, _ = FAMILIES[args.family]
     # The recipe's own block and steps, scaled to --gen-length as bench_rollout.py --recipes does.
-    fields = yaml.safe_load((REPO / "recipes" / "rollout" / f"{rollout}.yaml").read_text())
-    block = min(fields["block_length"], args.gen_length)
-    steps = max(args.gen_length // block, int(fields["steps"] * args.gen_length / fields["max_completion_length"]))
+    scaled = scaled_recipe(rollout, args.gen_length)
+    block, steps = scaled["block_length"], scaled["steps"]
     cmd = [
         sys.executable, "-m", "diffrl.train", "recipe=d1_llada_gsm8k", f"model={model_recipe}", f"model.path={model_path}",
         f"rollout={rollout}", f"rollout.max_completion_length={args.gen_length}", f"rollout.steps={steps}",
@@ -80,6 +79,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if args.steps < 2:
+        parser.error("--steps must be at least 2: the first step (start-up) is left out")
     with tempfile.TemporaryDirectory() as tmp:
         model_path = Path(args.model_path) if args.model_path else write_checkpoint(args, Path(tmp) / "model")
         print(f"family={args.family} model={model_path} prompts={args.prompts}x{args.num_generations} gen={args.gen_length} "
