@@ -155,6 +155,23 @@ def test_progress_eta_counts_only_this_phases_pace_and_prints_plain_lines_off_a_
     assert len(printed) == 2  # one line per step: 6 steps left, fewer than the line budget
 
 
+def _read_until_closed(master: int) -> str:
+    """Everything written to a pty whose slave end is closed; one read returns only what is buffered so far."""
+    import os
+
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the slave is closed and the buffer drained
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    return b"".join(chunks).decode()
+
+
 def test_on_a_terminal_progress_is_a_bar_counting_from_the_resumed_step() -> None:
     import fcntl
     import os
@@ -168,6 +185,5 @@ def test_on_a_terminal_progress_is_a_bar_counting_from_the_resumed_step() -> Non
         assert bar.bar is not None
         bar.update(1, reward=0.25)
         bar.close()
-    shown = os.read(master, 4096).decode()
-    os.close(master)
+    shown = _read_until_closed(master)
     assert "rl:" in shown and "5/10" in shown and "reward=0.250" in shown
