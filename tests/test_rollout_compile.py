@@ -76,7 +76,6 @@ def test_every_family_traces_to_the_eager_tokens_without_recompiling_per_step(ti
     assert not counters["graph_break"], dict(counters["graph_break"])
 
 
-
 def test_inductor_decodes_the_eager_tokens(tiny_checkpoint) -> None:
     torch._dynamo.reset()
     model = family_model(tiny_checkpoint, "llada", dtype=torch.float32)
