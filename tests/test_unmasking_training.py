@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from diffrl.errors import DiffrlConfigError
 from tests.torchrun import REPO, run_torchrun
 from tests.unmasking_rank_worker import unmasking_recipe
 from tests.wandb_offline import read_offline_run
@@ -47,6 +48,11 @@ def test_only_the_policy_moves_and_resume_continues_exactly(tmp_path: Path) -> N
     assert all(k in record["history"][-1] for k in ("critic/score/mean", "rollout/nfe", "actor/pg_loss", "actor/grad_norm"))
     logged = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert logged == [1, 2, 3]
+    # The trainer's resume rules hold here too: a finished run does no work, a changed config is refused.
+    assert train_unmasking_policy(unmasking_recipe(f"trainer.output_dir={tmp_path / 'resumed'}", "trainer.total_steps=3")) == resumed
+    with pytest.raises(DiffrlConfigError, match="optim.lr"):
+        train_unmasking_policy(unmasking_recipe(f"trainer.output_dir={tmp_path / 'resumed'}", "trainer.total_steps=4", "optim.lr=0.5"))
+    assert [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
 def test_bad_settings_name_the_field(tmp_path: Path) -> None:

@@ -270,7 +270,7 @@ def load_checkpoint(path: str | Path, strategy: Strategy) -> dict[str, Any]:
     if trainer_state.get("world_size") != _world_size():
         raise DiffrlConfigError(
             f"{path} was written by {trainer_state.get('world_size', 'fewer')} ranks and this run has {_world_size()}; "
-            "resume with the same number of ranks, or set trainer.resume=never"
+            "resume with the same number of ranks, or start a new run with trainer.resume=never and a new trainer.output_dir"
         )
     if strategy.engine is not None:
         if not (path / DS_TAG).is_dir():

@@ -41,7 +41,7 @@ from diffrl.trainer.global_batch import global_advantages
 from diffrl.trainer.logger import MetricLogger
 from diffrl.trainer.optim import restart
 from diffrl.trainer.plots import plot_reward_curve
-from diffrl.trainer.resume import ResumePlan, plan_resume, save_config
+from diffrl.trainer.resume import ResumePlan, finished_summary, plan_resume, save_config
 from diffrl.trainer.sampling import generate_rollout, repair_samples, score_samples, step_scorer
 from diffrl.trainer.schedule import mini_batch_rows, num_mini_batches, update_epochs
 from diffrl.trainer.sft import run_warm_start, sft_train_step
@@ -182,15 +182,9 @@ def train(cfg: Config, resolved: dict[str, Any] | None = None) -> dict[str, Any]
         return train_unmasking_policy(cfg, resolved)
     world = init_distributed(cfg.trainer.device)
     plan = plan_resume(cfg)
-    summary_file = Path(cfg.trainer.output_dir) / "summary.json"
-    if plan.finished and summary_file.exists():
-        if world.is_main:
-            print(
-                f"{cfg.trainer.output_dir} already finished: step {plan.step} of {plan.total_steps} ({plan.checkpoint}); nothing to do. "
-                "Raise trainer.total_steps to train further, or use a new trainer.output_dir",
-                flush=True,
-            )
-        return json.loads(summary_file.read_text())
+    done = finished_summary(plan, Path(cfg.trainer.output_dir), world.is_main)
+    if done is not None:
+        return done
     run = setup(cfg, world)
     if world.is_main:
         save_config(cfg)

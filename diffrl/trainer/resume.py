@@ -4,8 +4,8 @@
 the config saved there (``resolved_config.json``, written at every start) agrees with this one in
 everything that changes the math: every setting except :data:`FREE_KEYS` (logging, output and
 step-count settings). Otherwise it refuses, naming the differing keys and the two ways on.
-``trainer.resume=force`` resumes whatever differs, ``never`` starts fresh, and a checkpoint path
-resumes that checkpoint. A run whose checkpoint already reached ``trainer.total_steps`` is finished.
+``trainer.resume=force`` resumes whatever differs, ``never`` starts fresh (and refuses a folder that
+holds another run's checkpoints), and a checkpoint path resumes that checkpoint. A run whose checkpoint already reached ``trainer.total_steps`` is finished.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from diffrl.errors import DiffrlConfigError
-from diffrl.trainer.checkpoint import PREFIX, latest_checkpoint
+from diffrl.trainer.checkpoint import PREFIX, complete_checkpoints, latest_checkpoint
 from diffrl.trainer.config import Config
 
 SAVED_CONFIG = "resolved_config.json"
@@ -95,6 +95,15 @@ def plan_resume(cfg: Config) -> ResumePlan:
     of a different config (naming the keys) or the saved config is missing."""
     run_dir, total, mode = Path(cfg.trainer.output_dir), cfg.trainer.total_steps, cfg.trainer.resume
     if mode == "never":
+        earlier = complete_checkpoints(run_dir / "checkpoints")
+        if earlier:
+            # Starting over beside them would mix two runs' checkpoints: the next auto resume (or
+            # keep_last_n) would pick by step number, whichever run wrote it.
+            raise DiffrlConfigError(
+                f"trainer.resume=never: {run_dir} already holds checkpoints of a run (newest {earlier[-1].name}); "
+                f"start the new run in a new trainer.output_dir, delete {run_dir / 'checkpoints'} to start over in this one, "
+                "or continue that run with trainer.resume=auto"
+            )
         return ResumePlan(None, 0, total)
     if mode not in ("auto", "force"):
         path = Path(mode)
@@ -125,3 +134,18 @@ def plan_resume(cfg: Config) -> ResumePlan:
 def save_config(cfg: Config) -> None:
     """Record the config this start runs with, for the next start's check (rank 0 only)."""
     (Path(cfg.trainer.output_dir) / SAVED_CONFIG).write_text(json.dumps(config_dict(cfg), indent=2) + "\n")
+
+
+def finished_summary(plan: ResumePlan, run_dir: Path, is_main: bool) -> dict[str, Any] | None:
+    """The saved summary of a run that already reached ``trainer.total_steps`` (said on rank 0),
+    or None when there is work to do."""
+    summary_file = run_dir / "summary.json"
+    if not (plan.finished and summary_file.exists()):
+        return None
+    if is_main:
+        print(
+            f"{run_dir} already finished: step {plan.step} of {plan.total_steps} ({plan.checkpoint}); nothing to do. "
+            "Raise trainer.total_steps to train further, or use a new trainer.output_dir",
+            flush=True,
+        )
+    return json.loads(summary_file.read_text())

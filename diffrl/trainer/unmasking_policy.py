@@ -41,12 +41,12 @@ from diffrl.rollout import generate_chunked
 from diffrl.rollout.trajectory import Rollout
 from diffrl.rollout.unmasking_policy import UnmaskingPolicy, load_unmasking_policy, save_unmasking_policy
 from diffrl.trainer.build import prepare_model_folder, prepare_task, prompt_encoder
-from diffrl.trainer.checkpoint import latest_checkpoint
 from diffrl.trainer.config import Config
 from diffrl.trainer.distributed import World, init_distributed
 from diffrl.trainer.logger import MetricLogger
 from diffrl.trainer.optim import build_optimizer
 from diffrl.trainer.parallelize import Root
+from diffrl.trainer.resume import finished_summary, plan_resume, save_config
 from diffrl.trainer.policy import Policy
 from diffrl.trainer.strategy import Strategy
 
@@ -188,19 +188,24 @@ def global_metrics(run: UnmaskingRun, rollout: Rollout, rewards: RewardBatch, re
 def train_unmasking_policy(cfg: Config, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run an ``algorithm=unmasking_grpo`` recipe; returns the summary also written to summary.json."""
     world = init_distributed(cfg.trainer.device)
+    plan = plan_resume(cfg)
+    done = finished_summary(plan, Path(cfg.trainer.output_dir), world.is_main)
+    if done is not None:
+        return done
     run = setup(cfg, world)
+    if world.is_main:
+        save_config(cfg)
     ckpt_root = run.run_dir / "checkpoints"
-    resume = cfg.trainer.resume
-    path = latest_checkpoint(ckpt_root) if resume == "auto" else (None if resume == "never" else Path(resume))
     summary: dict[str, Any] = {}
     start = 0
-    if path is not None:
-        state = run.policy.load_checkpoint(path)
+    if plan.checkpoint is not None:
+        state = run.policy.load_checkpoint(plan.checkpoint)
         run.scheduler.load_state_dict(state["scheduler"])
         run.loader.load_state_dict(state["loader"])
-        start, summary["resumed_from"] = state["step"], str(path)
+        start, summary["resumed_from"] = state["step"], str(plan.checkpoint)
     config_dict = resolved if resolved is not None else OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[arg-type]
     logger = MetricLogger(run.run_dir, cfg.trainer.wandb, config_dict, start_step=start, rank=world.rank, progress_bar=cfg.trainer.progress_bar)
+    logger.write(f"start:     {plan.describe()}")
     logger.phase("unmasking policy", cfg.trainer.total_steps, initial=start)
     scores, nfes = [], []
     for step in range(start, cfg.trainer.total_steps):
@@ -210,7 +215,7 @@ def train_unmasking_policy(cfg: Config, resolved: dict[str, Any] | None = None) 
         logger.log(step + 1, metrics)
         if (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0) or step + 1 == cfg.trainer.total_steps:
             state = {"scheduler": run.scheduler.state_dict(), "loader": run.loader.state_dict()}
-            run.policy.save_checkpoint(ckpt_root, step + 1, state, {"model_dir": str(run.model_dir.resolve()), "unmasking_policy": True})
+            run.policy.save_checkpoint(ckpt_root, step + 1, state, {"model_dir": str(run.model_dir.resolve()), "unmasking_policy": True}, keep_last_n=cfg.trainer.keep_last_n)
     if world.is_main:
         folder = save_unmasking_policy(run.net, run.run_dir / FINAL)
         summary["unmasking_policy"] = str(folder)
