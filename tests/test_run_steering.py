@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import psutil
@@ -55,6 +56,30 @@ def test_resume_checks_the_config_announces_itself_and_a_finished_run_does_no_wo
     forced = train(recipe(*FAST, f"trainer.output_dir={out}", "trainer.total_steps=3", "optim.lr=0.5", "trainer.resume=force"))
     assert forced["resumed_from"].endswith("step_000002")
     assert "resuming from step 2 of 3" in (out / "train.log").read_text() and "changed: optim.lr" in (out / "train.log").read_text()
+
+    # Starting over beside these checkpoints would mix two runs' steps: refused before anything is written.
+    metrics_before = (out / "metrics.jsonl").read_text()
+    with pytest.raises(DiffrlConfigError) as err:
+        train(recipe(*FAST, f"trainer.output_dir={out}", "trainer.total_steps=3", "trainer.resume=never"))
+    assert "step_000003" in str(err.value) and "trainer.output_dir" in str(err.value)
+    assert (out / "metrics.jsonl").read_text() == metrics_before
+
+
+def test_a_fresh_start_in_a_used_folder_is_a_new_wandb_run(tmp_path: Path) -> None:
+    from diffrl.trainer.loop import train
+    from tests.wandb_offline import read_offline_run
+
+    out = tmp_path / "run"
+    args = [*FAST, f"trainer.output_dir={out}", "trainer.total_steps=1", "trainer.wandb.enabled=true", "trainer.log_samples_every=0"]
+    train(recipe(*args))
+    first_id = (out / "wandb_run_id").read_text()
+    # The checkpoints deleted to start over (what the never-refusal says to do): step 1 again.
+    shutil.rmtree(out / "checkpoints")
+    train(recipe(*args))
+    second_id = (out / "wandb_run_id").read_text()
+    assert second_id != first_id, "a fresh start reused the W&B run, whose step 1 it already holds"
+    record = read_offline_run(next((out / "wandb").glob(f"offline-run-*-{second_id}/run-{second_id}.wandb")))
+    assert [int(row["_step"]) for row in record["history"] if "actor/pg_loss" in row] == [1]
 
 
 def test_only_free_keys_may_differ() -> None:

@@ -1,9 +1,10 @@
 """Where metrics go: metrics.jsonl in the run folder, Weights & Biases, and the console (whose
 lines are kept in the run folder's ``train.log``).
 
-A resumed run continues its W&B run (same id, kept in ``wandb_run_id``) and first replays the
-steps up to its checkpoint from ``metrics.jsonl`` that the W&B run does not hold (all of them
-offline, where a killed process may have flushed nothing), so its history has every step once.
+A resumed run continues its W&B run (same id, kept in ``wandb_run_id``; a fresh start gets a new
+one) and first replays the steps up to its checkpoint from ``metrics.jsonl`` that the W&B run does
+not hold (all of them offline, where a killed process may have flushed nothing), so its history
+has every step once.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 
 from diffrl.trainer.config import WandbConfig
 from diffrl.trainer.progress import Progress
+
+RUN_ID_FILE = "wandb_run_id"
 
 
 class MetricLogger:
@@ -35,6 +38,9 @@ class MetricLogger:
         if start_step == 0:
             self.path.unlink(missing_ok=True)
             self.before_path.unlink(missing_ok=True)
+            # A fresh start is a new W&B run: under the old id its steps 1.. would land behind the
+            # steps an earlier start logged there, and W&B drops a step below the run's last one.
+            (run_dir / RUN_ID_FILE).unlink(missing_ok=True)
         else:
             self._truncate_after(start_step)
         if wandb_cfg.enabled and wandb_cfg.mode != "disabled":
@@ -146,7 +152,7 @@ class MetricLogger:
 
 def _run_id(run_dir: Path) -> str:
     """A stable W&B id per run folder, so a resumed run continues the same W&B run."""
-    id_file = run_dir / "wandb_run_id"
+    id_file = run_dir / RUN_ID_FILE
     if not id_file.exists():
         id_file.write_text(uuid.uuid4().hex[:12])
     return id_file.read_text().strip()
