@@ -6,7 +6,8 @@ A VARIANT is ``name:override;override;...`` (Hydra overrides, e.g. ``zero3:train
 For each variant every rank builds the run from the shared recipe (:func:`recipe`), takes one
 ``rl_step`` and writes into ``OUT/<name>/``: ``metrics.json`` and ``full.pt`` (rank 0: the gathered
 full weights), ``local_rank{r}.pt`` (the full weights rank r rolls out with) and
-``gen_rank{r}.pt`` (a rollout generated through the strategy with the updated weights), and a
+``gen_rank{r}.pt`` (a rollout generated through the strategy with the updated weights, compiled
+when the variant sets ``rollout.compile``, with the compiled graphs counted before and after), and a
 training checkpoint in ``checkpoints/step_000001`` (DCP or DeepSpeed's format). The test
 compares all of it with one process taking the same step on the same global batch.
 """
@@ -23,7 +24,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import diffrl.rollout.compiled as compiled  # noqa: E402
 from diffrl.rewards.registry import register_reward  # noqa: E402
+
+# rollout.compile's tracing (dynamo, AOTAutograd) without inductor's C++ build, minutes on two
+# cores; tests/test_rollout_compile.py runs inductor itself.
+compiled.BACKEND = "aot_eager"
 
 # The recipe every equivalence run shares: the demo's tiny LLaDA and sort task, 4 prompts x 4
 # samples per step, 4 samples per micro-batch (so 2 ranks split exactly into the 1-process
@@ -83,6 +89,8 @@ def named_weights(model: Any) -> dict[str, torch.Tensor]:
 
 
 def main(out: Path, model_dir: str, variants: list[str]) -> None:
+    from torch._dynamo.utils import counters
+
     from diffrl.rollout.config import RolloutConfig
     from diffrl.trainer.distributed import init_distributed, shutdown
     from diffrl.trainer.export import checkpoint_meta
@@ -104,10 +112,12 @@ def main(out: Path, model_dir: str, variants: list[str]) -> None:
                 # The full weights this rank rolls out with.
                 torch.save(run.policy.strategy.generate(named_weights), folder / f"local_rank{world.rank}.pt")
                 prompt_ids, prompt_mask, sample_ids = probe_prompts(run, world.rank)
-                probe = RolloutConfig(max_completion_length=8, block_length=4, steps=8, temperature=1.0, stop_at_eos=True, seed=5)
+                probe = RolloutConfig(max_completion_length=8, block_length=4, steps=8, temperature=1.0, stop_at_eos=True, seed=5, compile=cfg.rollout.compile)
+                graphs = counters["stats"]["unique_graphs"]
                 gen = run.policy.generate(prompt_ids, prompt_mask, probe, sample_ids=sample_ids, chunk=6)
                 torch.save({"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "sample_ids": sample_ids,
-                            "completion_ids": gen.completion_ids, "logprob": gen.logprob, "nfe": gen.nfe},
+                            "completion_ids": gen.completion_ids, "logprob": gen.logprob, "nfe": gen.nfe,
+                            "graphs": (graphs, counters["stats"]["unique_graphs"])},
                            folder / f"gen_rank{world.rank}.pt")
                 if world.is_main:
                     torch.save(full, folder / "full.pt")

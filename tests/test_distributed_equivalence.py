@@ -1,6 +1,6 @@
-"""FSDP2, DeepSpeed ZeRO-2 and ZeRO-3 (and LoRA under FSDP2) on 2 real torchrun ranks take the same
-RL step as one process on the same global batch, roll out with the updated full weights, and
-write checkpoints that export to that model.
+"""FSDP2, DeepSpeed ZeRO-2 and ZeRO-3 (and LoRA under FSDP2, with eager and compiled rollouts) on 2
+real torchrun ranks take the same RL step as one process on the same global batch, roll out with
+the updated full weights, and write checkpoints that export to that model.
 
 The comparison is exact in math: the two ranks' prompts are the halves of the one-process batch,
 every random draw is keyed by sample id (same completions, same estimator masks), the loss is
@@ -29,6 +29,8 @@ VARIANTS = {
     # Persist nothing, so even the tiny model's smallest tensors are partitioned.
     "zero3": "trainer=deepspeed_zero3;trainer.deepspeed.config={zero_optimization: {stage3_param_persistence_threshold: 0}}",
     "fsdp2_lora": FSDP2 + ";trainer.lora.enabled=true;trainer.lora.r=4",
+    # Compiled rollouts (aot_eager here) under FSDP2's hooks and peft's layers: eager's tokens.
+    "fsdp2_lora_compile": FSDP2 + ";trainer.lora.enabled=true;trainer.lora.r=4;rollout.compile=true",
 }
 EXACT_METRICS = ("critic/score/mean", "critic/score/max", "response_length/mean", "rollout/nfe", "critic/advantages/max")
 CLOSE_METRICS = ("actor/grad_norm", "actor/pg_loss", "actor/kl_loss", "actor/entropy", "actor/ppo_kl", "actor/pg_clipfrac")
@@ -94,6 +96,10 @@ def test_sharded_steps_equal_the_one_process_step(tmp_path: Path) -> None:
             again = generate_chunked(plain.eval(), gen["prompt_ids"], gen["prompt_mask"], probe, chunk=6, sample_ids=gen["sample_ids"])
             assert torch.equal(again.completion_ids, gen["completion_ids"]), (name, rank)
             gen_diff = max(gen_diff, (again.logprob - gen["logprob"]).abs().max().item())
+            if "compile" in name:
+                before, after = gen["graphs"]
+                assert before > 0, f"{name}: the training rollout ran no compiled forward"
+                assert after == before, f"{name}: a rollout of other sizes compiled {after - before} more graphs"
         assert gen_diff < 1e-5, (name, gen_diff)
 
         # The training checkpoint (adapters only for LoRA) exports to the same model.

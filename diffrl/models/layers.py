@@ -78,9 +78,10 @@ def attend(
     ``mask`` is a bool keep-mask [B, 1, Lq, Lk_total] (True = may attend) or None for full
     attention. Grouped-query heads are handled by SDPA itself. Returns [B, Lq, Hq * D].
     """
-    # Read from this call's K/V, whose head count comes from a weight's shape: a compiled forward
-    # sees the cache's sizes as symbolic, and SDPA takes a plain bool.
-    gqa = q.shape[1] != k.shape[1]
+    # SDPA takes a plain bool, and a compiled forward may see head counts as symbolic (the cache's
+    # sizes; a module's int attributes in a frame dynamo re-enters after FSDP2's hooks): a branch
+    # makes dynamo settle the comparison with a guard, which a bare comparison would leave symbolic.
+    gqa = True if q.shape[1] != k.shape[1] else False  # noqa: SIM210
     if cache is not None:
         k, v = cache.update(layer_idx, k, v)
     if mask is not None and mask.dtype != torch.bool:
