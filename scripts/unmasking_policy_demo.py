@@ -75,9 +75,9 @@ def train_dllm(out: Path, steps: int) -> Path:
 def train_policy(out: Path, model_dir: Path, steps: int, nfe_cost: float, temperature: float) -> Path:
     folder = out / f"policy_T{temperature}_cost{nfe_cost}"
     if not (folder / "final_unmasking_policy").exists():
-        from diffrl.trainer.unmasking_policy import train_unmasking_policy
+        from diffrl.trainer.loop import train
 
-        train_unmasking_policy(recipe(
+        train(recipe(
             "algorithm=unmasking_grpo", f"model.path={model_dir}", f"trainer.output_dir={folder}", f"trainer.total_steps={steps}",
             "trainer.batch_size=16", "trainer.micro_batch_size=128", f"algorithm.nfe_cost={nfe_cost}", "algorithm.num_generations=8",
             "optim.lr=3e-3", "optim.weight_decay=0.0", "optim.lr_schedule=constant", temperature=temperature,

@@ -23,7 +23,8 @@ def states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool
 def test_only_the_policy_moves_and_resume_continues_exactly(tmp_path: Path) -> None:
     from diffrl.rollout.unmasking_policy import load_unmasking_policy
     from diffrl.trainer.distributed import init_distributed
-    from diffrl.trainer.unmasking_policy import FINAL, setup, train_step, train_unmasking_policy
+    from diffrl.trainer.loop import train
+    from diffrl.trainer.unmasking_policy import FINAL, setup, train_step
 
     run = setup(unmasking_recipe(f"trainer.output_dir={tmp_path / 'steps'}", "trainer.resume=never"), init_distributed("cpu"))
     dllm = {k: v.clone() for k, v in run.model.state_dict().items()}
@@ -35,9 +36,9 @@ def test_only_the_policy_moves_and_resume_continues_exactly(tmp_path: Path) -> N
     assert not states_equal(run.net.state_dict(), policy), "the policy did not train"
 
     # 2 steps, then resume for a third = 3 steps straight (checkpointed optimizer, scheduler, data, RNG).
-    straight = train_unmasking_policy(unmasking_recipe(f"trainer.output_dir={tmp_path / 'straight'}", "trainer.total_steps=3", "trainer.wandb.enabled=true"))
-    train_unmasking_policy(unmasking_recipe(f"trainer.output_dir={tmp_path / 'resumed'}", "trainer.total_steps=2", "trainer.save_every=1"))
-    resumed = train_unmasking_policy(unmasking_recipe(f"trainer.output_dir={tmp_path / 'resumed'}", "trainer.total_steps=3"))
+    straight = train(unmasking_recipe(f"trainer.output_dir={tmp_path / 'straight'}", "trainer.total_steps=3", "trainer.wandb.enabled=true"))
+    train(unmasking_recipe(f"trainer.output_dir={tmp_path / 'resumed'}", "trainer.total_steps=2", "trainer.save_every=1"))
+    resumed = train(unmasking_recipe(f"trainer.output_dir={tmp_path / 'resumed'}", "trainer.total_steps=3"))
     assert resumed["resumed_from"].endswith("step_000002")
     a, b = (load_unmasking_policy(tmp_path / name / FINAL).state_dict() for name in ("straight", "resumed"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
@@ -49,9 +50,9 @@ def test_only_the_policy_moves_and_resume_continues_exactly(tmp_path: Path) -> N
     logged = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert logged == [1, 2, 3]
     # The trainer's resume rules hold here too: a finished run does no work, a changed config is refused.
-    assert train_unmasking_policy(unmasking_recipe(f"trainer.output_dir={tmp_path / 'resumed'}", "trainer.total_steps=3")) == resumed
+    assert train(unmasking_recipe(f"trainer.output_dir={tmp_path / 'resumed'}", "trainer.total_steps=3")) == resumed
     with pytest.raises(DiffrlConfigError, match="optim.lr"):
-        train_unmasking_policy(unmasking_recipe(f"trainer.output_dir={tmp_path / 'resumed'}", "trainer.total_steps=4", "optim.lr=0.5"))
+        train(unmasking_recipe(f"trainer.output_dir={tmp_path / 'resumed'}", "trainer.total_steps=4", "optim.lr=0.5"))
     assert [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 

@@ -176,15 +176,15 @@ def train(cfg: Config, resolved: dict[str, Any] | None = None) -> dict[str, Any]
     checkpoint of a different config. SIGTERM or Ctrl-C stops it at the next step boundary with a
     checkpoint (the summary then says ``stopped_at``).
     """
-    if cfg.algorithm.name == UNMASKING_GRPO:
-        from diffrl.trainer.unmasking_policy import train_unmasking_policy  # trains the unmasking policy, not the dLLM
-
-        return train_unmasking_policy(cfg, resolved)
     world = init_distributed(cfg.trainer.device)
     plan = plan_resume(cfg)
     done = finished_summary(plan, Path(cfg.trainer.output_dir), world.is_main)
     if done is not None:
         return done
+    if cfg.algorithm.name == UNMASKING_GRPO:
+        from diffrl.trainer.unmasking_policy import train_unmasking_policy  # trains the unmasking policy, not the dLLM
+
+        return train_unmasking_policy(cfg, world, plan, resolved)
     run = setup(cfg, world)
     if world.is_main:
         save_config(cfg)

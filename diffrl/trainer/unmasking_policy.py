@@ -36,17 +36,16 @@ from diffrl.models import DiffusionLM, load_pretrained
 from diffrl.models.tokenizer import load_tokenizer
 from diffrl.rewards import RewardRunner
 from diffrl.rewards.registry import RewardBatch
-from diffrl.rng import counter_hash
 from diffrl.rollout import generate_chunked
 from diffrl.rollout.trajectory import Rollout
 from diffrl.rollout.unmasking_policy import UnmaskingPolicy, load_unmasking_policy, save_unmasking_policy
 from diffrl.trainer.build import prepare_model_folder, prepare_task, prompt_encoder
 from diffrl.trainer.config import Config
-from diffrl.trainer.distributed import World, init_distributed
+from diffrl.trainer.distributed import World
 from diffrl.trainer.logger import MetricLogger
 from diffrl.trainer.optim import build_optimizer
 from diffrl.trainer.parallelize import Root
-from diffrl.trainer.resume import finished_summary, plan_resume, save_config
+from diffrl.trainer.resume import ResumePlan, save_config
 from diffrl.trainer.policy import Policy
 from diffrl.trainer.strategy import Strategy
 
@@ -185,13 +184,9 @@ def global_metrics(run: UnmaskingRun, rollout: Rollout, rewards: RewardBatch, re
     return out
 
 
-def train_unmasking_policy(cfg: Config, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run an ``algorithm=unmasking_grpo`` recipe; returns the summary also written to summary.json."""
-    world = init_distributed(cfg.trainer.device)
-    plan = plan_resume(cfg)
-    done = finished_summary(plan, Path(cfg.trainer.output_dir), world.is_main)
-    if done is not None:
-        return done
+def train_unmasking_policy(cfg: Config, world: World, plan: ResumePlan, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run an ``algorithm=unmasking_grpo`` recipe from where ``plan`` says (called by
+    :func:`diffrl.trainer.loop.train`); returns the summary also written to summary.json."""
     run = setup(cfg, world)
     if world.is_main:
         save_config(cfg)
