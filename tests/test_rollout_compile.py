@@ -21,10 +21,9 @@ from tests.rollout_helpers import cache_kind, config, family_model, left_padded_
 
 pytestmark = pytest.mark.slow
 # family -> how many of ``rollouts`` it traces: Dream's layers are SDAR's and its attention LLaDA's,
-# so its own part, the logit shift, is checked where it matters (the cached window) alone; SDAR-MoE's
-# own part is the expert dispatch, the same in either rollout. LLaDA2-MoE's forward is one graph
-# too (tests/test_models_compile.py); its rollout adds nothing the others do not trace, at a minute.
-FAMILIES = {"llada": 2, "dream": 1, "sdar": 2, "sdar_moe": 1}
+# so its own part, the logit shift, is checked where it matters (the cached window) alone; the MoE
+# families' own parts (expert dispatch, fused QKV, partial RoPE) are the same in either rollout.
+FAMILIES = {"llada": 2, "dream": 1, "sdar": 2, "sdar_moe": 1, "llada2_moe": 1}
 
 
 @pytest.fixture()
