@@ -121,7 +121,8 @@ def _with_lora(model, full: dict[str, torch.Tensor]):
 
 def test_a_gathered_rollout_holds_every_ranks_records_and_edits(tmp_path: Path) -> None:
     """Ranks with different edit counts gather the rollout ``Rollout.concat`` builds from all of
-    theirs: every per-sample record, and each edit under its global row."""
+    theirs: every per-sample record, and each edit under its global row. The global metrics,
+    which leave the per-step records on their rank, are those of the whole rollout."""
     from diffrl.rollout import Rollout
     from tests.rollout_gather_worker import local_rollout
 
@@ -133,3 +134,5 @@ def test_a_gathered_rollout_holds_every_ranks_records_and_edits(tmp_path: Path) 
     assert len(whole.edits) == 4
     for name, values in vars(whole.edits).items():
         assert torch.equal(gathered["edits"][name], values), name
+    assert whole.step_tokens.shape[1] == 4
+    assert json.loads((tmp_path / "metrics.json").read_text()) == pytest.approx(whole.metrics(), rel=1e-6)

@@ -21,6 +21,9 @@ from diffrl.collectives import all_gather_rows, all_gather_varying, current_rank
 #   identity  what names the sample's slot (kept when IGPO's repair replaces the row's completion)
 #   record    the completion and how it was generated (replaced by ``replace_rows``)
 PROMPT, IDENTITY, RECORD = "prompt", "identity", "record"
+# Records with a step or decision axis (x̂0 at every step, the unmasking policy's decisions): each
+# [rows, steps, ...], tens of MB a step at recipe scale, and no run metric reads them.
+STEP_RECORDS = ("step_tokens", "step_predicted", "step_confidence", "unmask_logprob", "unmask_features", "unmask_commits")
 
 
 def _rows(kind: str, **kwargs: Any) -> Any:
@@ -187,6 +190,11 @@ class Rollout:
 
     def metrics(self) -> dict[str, float]:
         return metrics.rollout_metrics(self.step_map, self.completion_mask, self.nfe, self.nfe_cache, self.truncated, num_edits=len(self.edits))
+
+    def global_metrics(self, device: torch.device) -> dict[str, float]:
+        """:meth:`metrics` over every rank's samples, gathering only what they read (the
+        :data:`STEP_RECORDS` stay on their rank). Collective: every rank calls it."""
+        return replace(self, **{name: getattr(self, name)[:, :0] for name in STEP_RECORDS}).gather(device).metrics()
 
     def select(self, index: Tensor | slice) -> "Rollout":
         """Rows ``index`` (in that order), with their edits."""

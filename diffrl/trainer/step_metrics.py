@@ -45,7 +45,7 @@ def global_metrics(run: Run, samples: Samples, advantages: Tensor, weights: Tens
     metrics.update({k.removeprefix("normalized/"): v for k, v in totals.items() if k.startswith("normalized/")})
     metrics["critic/kept_ratio"] = totals["kept"] / max(totals["samples"], 1)
     metrics.update(gather_rewards(samples.rewards, device).metrics())
-    metrics.update(samples.rollout.gather(device).metrics())
+    metrics.update(samples.rollout.global_metrics(device))
     all_adv = all_gather_rows(advantages, device)
     metrics.update(
         {

@@ -179,7 +179,7 @@ def global_metrics(run: UnmaskingRun, rollout: Rollout, rewards: RewardBatch, re
     device = run.world.device
     task = all_gather_rows(rewards.total.to(device).float(), device)
     shaped = all_gather_rows(reward.float(), device)
-    out = rollout.gather(device).metrics()
+    out = rollout.global_metrics(device)
     out.update({"critic/score/mean": task.mean().item(), "critic/rewards/mean": shaped.mean().item(), "critic/rewards/max": shaped.max().item()})
     return out
 
