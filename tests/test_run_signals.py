@@ -21,9 +21,9 @@ ENTRY = str(REPO / "tests" / "train_entry.py")
 BASE = [*STEP_OVERRIDES, "trainer.plot=false", "trainer.batch_size=2", "task.synthetic.num_train=64", "task.synthetic.num_val=8", "trainer.resume=auto"]
 
 
-def start(out: Path, *overrides: str) -> subprocess.Popen:
+def start(out: Path, *overrides: str, base: list[str] = BASE) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    cmd = [sys.executable, ENTRY, *BASE, f"trainer.output_dir={out}", *overrides]
+    cmd = [sys.executable, ENTRY, *base, f"trainer.output_dir={out}", *overrides]
     return subprocess.Popen(cmd, cwd=out.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -96,3 +96,25 @@ def test_after_kill_9_the_resumed_wandb_run_has_every_step_once(tmp_path: Path) 
     table = json.loads(next(files[-1].parent.glob("files/media/table/samples_*.table.json")).read_text())
     assert table["columns"] == ["step", "prompt", "completion", "ground_truth", "reward"]
     assert all(row[3] for row in table["data"])  # the sort task's answers
+
+
+@pytest.mark.slow
+def test_an_unmasking_policy_run_stops_on_sigterm_and_resumes_there(tmp_path: Path) -> None:
+    from diffrl.trainer.unmasking_policy import FINAL
+    from tests.unmasking_rank_worker import OVERRIDES
+
+    out = tmp_path / "run"
+    proc = start(out, "trainer.total_steps=200", base=OVERRIDES)
+    wait_for(proc, lambda: len(steps_logged(out)) >= 1)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, output[-3000:]
+    done = steps_logged(out)[-1]
+    assert f"stopped by SIGTERM at step {done} of 200" in output
+    assert [p.name for p in (out / "checkpoints").iterdir()] == [f"step_{done:06d}"] and not (out / FINAL).exists()
+
+    proc = start(out, f"trainer.total_steps={done + 1}", base=OVERRIDES)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, output[-3000:]
+    assert f"resuming from step {done} of {done + 1}" in output
+    assert steps_logged(out) == list(range(1, done + 2)) and (out / FINAL).is_dir()

@@ -239,10 +239,7 @@ def _train(run: Run, plan: ResumePlan, resolved: dict[str, Any] | None) -> dict[
             if (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0) or last or stop:
                 path = save(step + 1)
             if stop and not last:
-                logger.write(
-                    f"stopped by {signals.name or 'a signal to another rank'} at step {step + 1} of {cfg.trainer.total_steps}: "
-                    f"checkpoint {path}; run the same command again to resume (trainer.resume=auto)"
-                )
+                logger.write(signals.stopped(step + 1, cfg.trainer.total_steps, path))
                 logger.close()
                 return {"stopped_at": step + 1, "signal": signals.name, "checkpoint": str(path)}
     logger.end_phase()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -43,3 +44,10 @@ class StopSignals:
     def requested(self, device: torch.device) -> bool:
         """Whether any rank caught a signal (every rank must call this at the same point)."""
         return bool(all_reduce_sum(int(self.name is not None), device).item())
+
+    def stopped(self, step: int, total: int, checkpoint: Path) -> str:
+        """The console line of a run stopped after ``step`` with ``checkpoint`` written."""
+        return (
+            f"stopped by {self.name or 'a signal to another rank'} at step {step} of {total}: "
+            f"checkpoint {checkpoint}; run the same command again to resume (trainer.resume=auto)"
+        )

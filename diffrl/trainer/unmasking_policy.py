@@ -46,6 +46,7 @@ from diffrl.trainer.logger import MetricLogger
 from diffrl.trainer.optim import build_optimizer
 from diffrl.trainer.parallelize import Root
 from diffrl.trainer.resume import ResumePlan, save_config
+from diffrl.trainer.stop import StopSignals
 from diffrl.trainer.policy import Policy
 from diffrl.trainer.strategy import Strategy
 
@@ -203,14 +204,23 @@ def train_unmasking_policy(cfg: Config, world: World, plan: ResumePlan, resolved
     logger.write(f"start:     {plan.describe()}")
     logger.phase("unmasking policy", cfg.trainer.total_steps, initial=start)
     scores, nfes = [], []
-    for step in range(start, cfg.trainer.total_steps):
-        metrics = train_step(run, step)
-        scores.append(metrics["critic/score/mean"])
-        nfes.append(metrics["rollout/nfe"])
-        logger.log(step + 1, metrics)
-        if (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0) or step + 1 == cfg.trainer.total_steps:
-            state = {"scheduler": run.scheduler.state_dict(), "loader": run.loader.state_dict()}
-            run.policy.save_checkpoint(ckpt_root, step + 1, state, {"model_dir": str(run.model_dir.resolve()), "unmasking_policy": True}, keep_last_n=cfg.trainer.keep_last_n)
+    with StopSignals() as signals:
+        for step in range(start, cfg.trainer.total_steps):
+            metrics = train_step(run, step)
+            scores.append(metrics["critic/score/mean"])
+            nfes.append(metrics["rollout/nfe"])
+            logger.log(step + 1, metrics)
+            last = step + 1 == cfg.trainer.total_steps
+            stop = signals.requested(world.device)
+            if (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0) or last or stop:
+                state = {"scheduler": run.scheduler.state_dict(), "loader": run.loader.state_dict()}
+                meta = {"model_dir": str(run.model_dir.resolve()), "unmasking_policy": True}
+                path = run.policy.save_checkpoint(ckpt_root, step + 1, state, meta, keep_last_n=cfg.trainer.keep_last_n)
+            if stop and not last:
+                logger.write(signals.stopped(step + 1, cfg.trainer.total_steps, path))
+                logger.close()
+                run.policy.close()
+                return {"stopped_at": step + 1, "signal": signals.name, "checkpoint": str(path)}
     if world.is_main:
         folder = save_unmasking_policy(run.net, run.run_dir / FINAL)
         summary["unmasking_policy"] = str(folder)
