@@ -258,7 +258,9 @@ def test_a_nested_user_namespace_cannot_undo_the_root(runs: Path) -> None:
         "    for _ in range(64):\n"
         "        os.chdir('..')\n"
         "    libc.chroot(b'.')\n"
-        "    return int(any(os.path.exists(p) for p in ('/etc/passwd', '/work/shared', '/tmp', '/home')))\n"
+        # Host paths never bound in: the test's own folder, not /tmp, which holds the bound
+        # interpreter when the virtual environment lives under it.
+        f"    return int(any(os.path.exists(p) for p in ('/etc/passwd', '/work/shared', {str(runs)!r}, '/home')))\n"
     )
     zero(attack(runs, solution, audit=False), "wrong")
 
