@@ -5,7 +5,8 @@ the config saved there (``resolved_config.json``, written at every start) agrees
 everything that changes the math: every setting except :data:`FREE_KEYS` (logging, output and
 step-count settings). Otherwise it refuses, naming the differing keys and the two ways on.
 ``trainer.resume=force`` resumes whatever differs, ``never`` starts fresh (and refuses a folder that
-holds another run's checkpoints), and a checkpoint path resumes that checkpoint. A run whose checkpoint already reached ``trainer.total_steps`` is finished.
+holds another run's checkpoints), and a checkpoint path resumes that checkpoint. A run whose
+checkpoint already reached ``trainer.total_steps`` is finished.
 """
 
 from __future__ import annotations

@@ -45,9 +45,9 @@ from diffrl.trainer.distributed import World
 from diffrl.trainer.logger import MetricLogger
 from diffrl.trainer.optim import build_optimizer
 from diffrl.trainer.parallelize import Root
+from diffrl.trainer.policy import Policy
 from diffrl.trainer.resume import ResumePlan, save_config
 from diffrl.trainer.stop import StopSignals
-from diffrl.trainer.policy import Policy
 from diffrl.trainer.strategy import Strategy
 
 FINAL = "final_unmasking_policy"
