@@ -103,6 +103,7 @@ def main(out: Path, model_dir: str, variants: list[str]) -> None:
             name, _, extra = variant.partition(":")
             folder = out / name
             cfg = recipe(f"model.path={model_dir}", f"trainer.output_dir={folder}", *[o for o in extra.split(";") if o])
+            counters.clear()  # each variant's compiled graphs are its own
             run = setup(cfg, world)
             try:
                 metrics = rl_step(run, 0)
